@@ -1,0 +1,39 @@
+//! jwtgate is a reverse-proxy API gateway that enforces access tokens issued by an Okta custom
+//! authorization server.
+//!
+//! # Request flow (SPEC §3)
+//!
+//! normalise path → match route → authenticate → authorise → rate limit → rewrite headers →
+//! forward. The order is decided in one place, [`stack::build`]; each step is a module below,
+//! listed in that order, with a pure decision function and a thin tower layer.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML file, validated into typed values; every problem reported at once.
+//! - [`snapshot`]: one configuration compiled for serving, swapped whole on reload.
+//! - [`normalize`]: path normalisation and framing checks (400).
+//! - [`route`]: segment-boundary longest-prefix matching (404, 405).
+//! - [`auth`]: authentication of protected routes (401); fails closed for now.
+//! - [`proxy`]: forwarding, header hygiene, upstream pools (502, 504).
+//! - [`reject`]: every refusal and its response.
+//! - [`stack`]: the layer order.
+//! - [`server`]: listeners, TLS, connections, drain.
+//! - [`admin`]: `/healthz`, `/readyz`.
+//! - [`echo`]: an echo upstream for the demo and the tests.
+//! - [`cli`]: the command line and exit codes.
+
+pub mod config;
+pub mod snapshot;
+
+pub mod normalize;
+pub mod route;
+pub mod auth;
+pub mod proxy;
+
+pub mod admin;
+pub mod body;
+pub mod cli;
+pub mod echo;
+pub mod reject;
+pub mod server;
+pub mod stack;

@@ -1,0 +1,363 @@
+//! SPEC §3 step 1: normalise the request path once, and refuse what cannot be normalised safely.
+//!
+//! Reads the request line and framing headers; rewrites the request URI to the normalised path
+//! (the query string is kept byte for byte). Routing, authorisation and the upstream all see this
+//! one path, so no layer can disagree with another about what was asked for (OKTA.md §0.6).
+//!
+//! Normalisation follows RFC 3986 §6.2.2: percent-encoded unreserved characters are decoded
+//! (so `%2e%2e` becomes `..` *before* dot segments are resolved), other escapes are upper-cased,
+//! `.` and `..` segments are resolved, and repeated slashes are merged. Refused outright (400):
+//! `%2F` and `%5C` (an upstream would see a different segment structure), `\`, NUL, `;` (path
+//! parameters that some servers strip before routing), invalid escapes or UTF-8, and `..` that
+//! climbs above the root.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::uri::PathAndQuery;
+use http::{Request, Response, Uri};
+use tower_http::validate_request::{ValidateRequest, ValidateRequestHeaderLayer};
+
+use crate::body::Body;
+use crate::reject::Reject;
+
+/// Why a path was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadPath {
+    /// The path does not start with `/`.
+    NotAbsolute,
+    /// `%2F`: an encoded slash.
+    EncodedSlash,
+    /// `%5C` or `\`: a backslash, a separator on some servers.
+    Backslash,
+    /// `%00`: NUL.
+    Nul,
+    /// `;`: path parameters, which some servers drop before routing.
+    Semicolon,
+    /// A `%` not followed by two hex digits, or escapes that are not UTF-8.
+    BadEncoding,
+    /// `..` above the root.
+    AboveRoot,
+}
+
+impl BadPath {
+    /// The fixed `error_description` for this refusal.
+    pub fn description(self) -> &'static str {
+        match self {
+            BadPath::NotAbsolute => "path must start with /",
+            BadPath::EncodedSlash => "encoded slash in path",
+            BadPath::Backslash => "backslash in path",
+            BadPath::Nul => "NUL in path",
+            BadPath::Semicolon => "path parameters are not accepted",
+            BadPath::BadEncoding => "invalid percent-encoding in path",
+            BadPath::AboveRoot => "path climbs above the root",
+        }
+    }
+}
+
+impl fmt::Display for BadPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.description())
+    }
+}
+
+/// Normalises a raw request path (SPEC §3); borrows when it is already normal.
+///
+/// # Errors
+///
+/// A [`BadPath`] for every case SPEC §3 refuses with 400.
+pub fn path(raw: &str) -> Result<Cow<'_, str>, BadPath> {
+    if !raw.starts_with('/') {
+        return Err(BadPath::NotAbsolute);
+    }
+    let decoded = decode_unreserved(raw)?;
+    if needs_dot_or_slash_resolution(&decoded) {
+        Ok(Cow::Owned(resolve(&decoded)?))
+    } else {
+        Ok(decoded)
+    }
+}
+
+/// Decodes `%XX` of unreserved characters and upper-cases the rest; refuses the forbidden bytes.
+fn decode_unreserved(raw: &str) -> Result<Cow<'_, str>, BadPath> {
+    let bytes = raw.as_bytes();
+    for &b in bytes {
+        match b {
+            b'\\' => return Err(BadPath::Backslash),
+            b';' => return Err(BadPath::Semicolon),
+            0 => return Err(BadPath::Nul),
+            _ => {}
+        }
+    }
+    if !bytes.contains(&b'%') {
+        return Ok(Cow::Borrowed(raw));
+    }
+    let mut out = String::with_capacity(raw.len());
+    let mut high_bytes = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b != b'%' {
+            out.push(b as char);
+            i += 1;
+            continue;
+        }
+        let (Some(h), Some(l)) = (
+            bytes.get(i + 1).and_then(|c| hex(*c)),
+            bytes.get(i + 2).and_then(|c| hex(*c)),
+        ) else {
+            return Err(BadPath::BadEncoding);
+        };
+        let v = h << 4 | l;
+        match v {
+            b'/' => return Err(BadPath::EncodedSlash),
+            b'\\' => return Err(BadPath::Backslash),
+            0 => return Err(BadPath::Nul),
+            _ if is_unreserved(v) => out.push(v as char),
+            _ => {
+                high_bytes |= v >= 0x80;
+                out.push('%');
+                out.push(HEX_UPPER[usize::from(v >> 4)] as char);
+                out.push(HEX_UPPER[usize::from(v & 0xF)] as char);
+            }
+        }
+        i += 3;
+    }
+    if high_bytes && !escapes_are_utf8(&out) {
+        return Err(BadPath::BadEncoding);
+    }
+    if out == raw {
+        return Ok(Cow::Borrowed(raw));
+    }
+    Ok(Cow::Owned(out))
+}
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+fn hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// RFC 3986 §2.3.
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Whether the fully decoded path is valid UTF-8 (only called when a byte ≥ 0x80 was escaped).
+fn escapes_are_utf8(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            // Escapes were validated and upper-cased by `decode_unreserved`.
+            let h = hex(bytes[i + 1]).unwrap_or(0);
+            let l = hex(bytes[i + 2]).unwrap_or(0);
+            decoded.push(h << 4 | l);
+            i += 3;
+        } else {
+            decoded.push(bytes[i]);
+            i += 1;
+        }
+    }
+    std::str::from_utf8(&decoded).is_ok()
+}
+
+fn needs_dot_or_slash_resolution(p: &str) -> bool {
+    let mut segments = p[1..].split('/').peekable();
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        if seg == "." || seg == ".." || (seg.is_empty() && !last) {
+            return true;
+        }
+    }
+    false
+}
+
+/// RFC 3986 §5.2.4 remove_dot_segments, plus merging of empty segments.
+fn resolve(p: &str) -> Result<String, BadPath> {
+    let mut stack: Vec<&str> = Vec::new();
+    let mut trailing_slash = false;
+    for seg in p[1..].split('/') {
+        trailing_slash = false;
+        match seg {
+            "" => trailing_slash = true,
+            "." => trailing_slash = true,
+            ".." => {
+                stack.pop().ok_or(BadPath::AboveRoot)?;
+                trailing_slash = true;
+            }
+            s => stack.push(s),
+        }
+    }
+    let mut out = String::with_capacity(p.len());
+    for seg in &stack {
+        out.push('/');
+        out.push_str(seg);
+    }
+    if trailing_slash || out.is_empty() {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+/// Checks framing and rewrites the URI to the normalised path.
+///
+/// # Errors
+///
+/// [`Reject::BadFraming`] or [`Reject::BadPath`].
+pub fn request<B>(req: &mut Request<B>) -> Result<(), Reject> {
+    check_framing(req)?;
+    let uri = req.uri();
+    let normal = path(uri.path()).map_err(Reject::BadPath)?;
+    if let Cow::Owned(normal) = normal {
+        let pq = match uri.query() {
+            Some(q) => format!("{normal}?{q}"),
+            None => normal,
+        };
+        let mut parts = uri.clone().into_parts();
+        parts.path_and_query = Some(PathAndQuery::try_from(pq).map_err(|_| Reject::Internal)?);
+        *req.uri_mut() = Uri::from_parts(parts).map_err(|_| Reject::Internal)?;
+    }
+    Ok(())
+}
+
+/// RFC 9112 §6.3: a message with both `Transfer-Encoding` and `Content-Length`, or several
+/// `Content-Length` or `Host` lines, can be read two ways; one of those readings is a smuggled
+/// request. hyper already refuses most of these, but it keeps a `Content-Length` that precedes
+/// `Transfer-Encoding`, so the gateway refuses every such message itself.
+fn check_framing<B>(req: &Request<B>) -> Result<(), Reject> {
+    let headers = req.headers();
+    let te = headers.contains_key(TRANSFER_ENCODING);
+    let cl = headers.get_all(CONTENT_LENGTH).iter().count();
+    let host = headers.get_all(HOST).iter().count();
+    if (te && cl > 0) || cl > 1 || host > 1 {
+        return Err(Reject::BadFraming);
+    }
+    Ok(())
+}
+
+/// The layer: refuses with 400 or passes the request on with its URI normalised.
+pub fn layer() -> ValidateRequestHeaderLayer<Normalize> {
+    ValidateRequestHeaderLayer::custom(Normalize)
+}
+
+/// [`ValidateRequest`] implementation behind [`layer`].
+#[derive(Debug, Clone, Copy)]
+pub struct Normalize;
+
+impl<B> ValidateRequest<B> for Normalize {
+    type ResponseBody = Body;
+
+    fn validate(&mut self, req: &mut Request<B>) -> Result<(), Response<Body>> {
+        request(req).map_err(Reject::into_response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normal_paths_are_borrowed_unchanged() {
+        for p in ["/", "/api/orders", "/api/orders/", "/a/b.c/~d_e-f", "/a/%20b", "/.well-known/x"] {
+            assert!(matches!(path(p), Ok(Cow::Borrowed(b)) if b == p), "{p}");
+        }
+    }
+
+    #[test]
+    fn paths_are_normalised_as_rfc_3986_says() {
+        let table = [
+            ("//api///orders", "/api/orders"),
+            ("/api/./orders", "/api/orders"),
+            ("/api/x/../orders", "/api/orders"),
+            ("/api/orders/.", "/api/orders/"),
+            ("/api/orders/..", "/api/"),
+            ("/a/..", "/"),
+            ("/a/../", "/"),
+            ("/.", "/"),
+            ("//", "/"),
+            // Encoded unreserved characters are decoded, so encoded dots are dot segments.
+            ("/%61pi/%6Frders", "/api/orders"),
+            ("/api/%2e%2e/admin", "/admin"),
+            ("/api/%2E%2E/admin", "/admin"),
+            ("/api/.%2e/admin", "/admin"),
+            ("/api/%2e/orders", "/api/orders"),
+            ("/%7Euser", "/~user"),
+            // Other escapes stay escaped, with upper-case hex.
+            ("/a%20b", "/a%20b"),
+            ("/a%3fb", "/a%3Fb"),
+            ("/caf%c3%a9", "/caf%C3%A9"),
+        ];
+        for (raw, want) in table {
+            assert_eq!(path(raw).as_deref(), Ok(want), "{raw}");
+        }
+    }
+
+    #[test]
+    fn dangerous_paths_are_refused() {
+        let table = [
+            ("api", BadPath::NotAbsolute),
+            ("*", BadPath::NotAbsolute),
+            ("/api%2Forders", BadPath::EncodedSlash),
+            ("/api%2forders", BadPath::EncodedSlash),
+            ("/api%5Corders", BadPath::Backslash),
+            ("/api%5corders", BadPath::Backslash),
+            ("/api\\orders", BadPath::Backslash),
+            ("/api%00", BadPath::Nul),
+            ("/api\0", BadPath::Nul),
+            ("/api/orders;jsessionid=1", BadPath::Semicolon),
+            ("/api%", BadPath::BadEncoding),
+            ("/api%2", BadPath::BadEncoding),
+            ("/api%zz", BadPath::BadEncoding),
+            ("/api%c3%28", BadPath::BadEncoding),
+            ("/..", BadPath::AboveRoot),
+            ("/../etc/passwd", BadPath::AboveRoot),
+            ("/a/../..", BadPath::AboveRoot),
+            ("/%2e%2e/etc", BadPath::AboveRoot),
+            ("/a/%2E%2E/%2e%2e/b", BadPath::AboveRoot),
+        ];
+        for (raw, want) in table {
+            assert_eq!(path(raw), Err(want), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn request_keeps_the_query_string_byte_for_byte() {
+        let mut req = Request::get("http://h/a//b/../c?x=%2F..&y=1").body(()).unwrap();
+        request(&mut req).unwrap();
+        assert_eq!(req.uri().path(), "/a/c");
+        assert_eq!(req.uri().query(), Some("x=%2F..&y=1"));
+        assert_eq!(req.uri().authority().unwrap(), "h");
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        let both = Request::post("/x")
+            .header("content-length", "5")
+            .header("transfer-encoding", "chunked")
+            .body(())
+            .unwrap();
+        assert_eq!(check_framing(&both), Err(Reject::BadFraming));
+        let two_lengths = Request::post("/x")
+            .header("content-length", "5")
+            .header("content-length", "5")
+            .body(())
+            .unwrap();
+        assert_eq!(check_framing(&two_lengths), Err(Reject::BadFraming));
+        let two_hosts = Request::get("/x")
+            .header("host", "a")
+            .header("host", "b")
+            .body(())
+            .unwrap();
+        assert_eq!(check_framing(&two_hosts), Err(Reject::BadFraming));
+        let fine = Request::post("/x").header("content-length", "5").body(()).unwrap();
+        assert_eq!(check_framing(&fine), Ok(()));
+    }
+}

@@ -1,0 +1,157 @@
+//! Header hygiene on the way to the upstream and back (SPEC §3 "Forwarding").
+//!
+//! Order matters and is fixed here: hop-by-hop headers and every header the client named in
+//! `Connection` go first, then the bearer token (unless `forward_authorization`), and only then
+//! are the gateway's own headers written. A client that lists `X-Forwarded-For` in `Connection`
+//! therefore removes its own copy, never the gateway's.
+
+use http::HeaderMap;
+use http::header::{
+    AUTHORIZATION, CONNECTION, HOST, HeaderName, HeaderValue, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+
+/// Hop-by-hop headers of RFC 9110 §7.6.1, plus the non-standard ones proxies still meet.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
+];
+
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Removes every header named in `Connection`, then the hop-by-hop headers themselves.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let nominated: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in nominated {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// What the gateway knows about the client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// The client's IP address as seen on the socket.
+    pub client_ip: std::net::IpAddr,
+    /// Whether the client spoke TLS to the gateway.
+    pub tls: bool,
+    /// `Host` (HTTP/1) or `:authority` (HTTP/2) of the request, if any.
+    pub host: Option<&'a HeaderValue>,
+}
+
+/// Rewrites request headers for the upstream.
+pub fn prepare_request(headers: &mut HeaderMap, origin: Origin<'_>, forward_authorization: bool) {
+    let host = origin.host.cloned();
+    remove_hop_by_hop(headers);
+    if !forward_authorization {
+        headers.remove(AUTHORIZATION);
+    }
+    // Append to the chain the client sent, as nginx's $proxy_add_x_forwarded_for does: the
+    // right-most entry is the one this gateway vouches for.
+    let ip = origin.client_ip.to_string();
+    let chain: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let xff = if chain.is_empty() {
+        ip
+    } else {
+        format!("{}, {ip}", chain.join(", "))
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if origin.tls { "https" } else { "http" }),
+    );
+    match host {
+        Some(h) => {
+            headers.insert(X_FORWARDED_HOST, h.clone());
+            // HTTP/2 clients send `:authority` instead of `Host`; an HTTP/1.1 upstream needs it.
+            headers.insert(HOST, h);
+        }
+        None => {
+            headers.remove(X_FORWARDED_HOST);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin(host: Option<&HeaderValue>) -> Origin<'_> {
+        Origin {
+            client_ip: [10, 1, 2, 3].into(),
+            tls: false,
+            host,
+        }
+    }
+
+    #[test]
+    fn connection_nominated_and_hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, X-Secret , x-other"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        h.insert(UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarding_headers_are_written_after_removal() {
+        let host = HeaderValue::from_static("api.example");
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("X-Forwarded-For, X-Forwarded-Proto"));
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        h.insert(X_FORWARDED_HOST, HeaderValue::from_static("evil.example"));
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        prepare_request(&mut h, origin(Some(&host)), false);
+        assert_eq!(h[X_FORWARDED_FOR], "10.1.2.3");
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+        assert_eq!(h[X_FORWARDED_HOST], "api.example");
+        assert_eq!(h[HOST], "api.example");
+        assert!(!h.contains_key(AUTHORIZATION));
+    }
+
+    #[test]
+    fn forwarded_for_is_appended_to_the_clients_chain() {
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2, 3.3.3.3"));
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        prepare_request(&mut h, origin(None), true);
+        assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.1.2.3");
+        assert_eq!(h[AUTHORIZATION], "Bearer x");
+        assert!(!h.contains_key(X_FORWARDED_HOST));
+    }
+}

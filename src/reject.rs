@@ -1,0 +1,159 @@
+//! Every client-visible refusal of SPEC §3, and the one place that turns it into a response.
+//!
+//! Layers short-circuit with `Ok(reject.into_response())`, so the service handed to hyper never
+//! fails. Descriptions are fixed strings chosen here: they never carry a library's error text
+//! or anything taken from the request.
+
+use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
+
+use crate::body::{self, Body};
+use crate::normalize::BadPath;
+
+/// A refusal: the request ends here with the status SPEC §3 gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reject {
+    /// 400: the path has `%2F`, `%5C`, `\`, NUL, `..` above the root, or bad encoding.
+    BadPath(BadPath),
+    /// 400: the message framing is ambiguous (`Content-Length` with `Transfer-Encoding`,
+    /// several `Content-Length` or `Host` headers); such a request never reaches an upstream.
+    BadFraming,
+    /// 404: no route matches the path.
+    NoRoute,
+    /// 405: a route's path matches but no route allows the method; `allow` lists those that do.
+    MethodNotAllowed {
+        /// Value of the `Allow` header.
+        allow: HeaderValue,
+    },
+    /// 401: a protected route and no bearer token (or, until token validation exists, any
+    /// request to a protected route: protected routes fail closed).
+    MissingToken,
+    /// 502: the upstream refused the connection, reset it, or sent a broken response.
+    UpstreamFailed,
+    /// 504: the upstream did not send response headers within the route's `timeout`.
+    UpstreamTimeout,
+    /// 500: a bug; logged where it is built.
+    Internal,
+}
+
+impl Reject {
+    /// The HTTP status of this refusal.
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+
+    /// Status, `error` code and fixed description.
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            Reject::BadPath(why) => (StatusCode::BAD_REQUEST, "invalid_request", why.description()),
+            Reject::BadFraming => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "ambiguous message framing",
+            ),
+            Reject::NoRoute => (StatusCode::NOT_FOUND, "not_found", "no route for this path"),
+            Reject::MethodNotAllowed { .. } => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            ),
+            Reject::MissingToken => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a bearer token is required",
+            ),
+            Reject::UpstreamFailed => (
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                "the upstream could not be reached",
+            ),
+            Reject::UpstreamTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway_timeout",
+                "the upstream did not answer in time",
+            ),
+            Reject::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "internal error",
+            ),
+        }
+    }
+
+    /// Builds the response: status, JSON body and the headers SPEC §3 asks for.
+    pub fn into_response(self) -> Response<Body> {
+        let (status, error, description) = self.parts();
+        // Both strings are fixed ASCII without quotes or backslashes, so no escaping is needed.
+        let json = format!(r#"{{"error":"{error}","error_description":"{description}"}}"#);
+        let mut response = Response::new(body::full(json));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        match self {
+            Reject::MissingToken => {
+                headers.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer realm="jwtgate""#),
+                );
+            }
+            Reject::MethodNotAllowed { allow } => {
+                headers.insert(ALLOW, allow);
+            }
+            Reject::BadPath(_)
+            | Reject::BadFraming
+            | Reject::NoRoute
+            | Reject::UpstreamFailed
+            | Reject::UpstreamTimeout
+            | Reject::Internal => {}
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_of(r: Response<Body>) -> String {
+        let bytes = r.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_refusal_has_its_status_and_a_json_body() {
+        let cases = [
+            (Reject::BadPath(BadPath::EncodedSlash), 400),
+            (Reject::BadFraming, 400),
+            (Reject::NoRoute, 404),
+            (
+                Reject::MethodNotAllowed {
+                    allow: HeaderValue::from_static("GET"),
+                },
+                405,
+            ),
+            (Reject::MissingToken, 401),
+            (Reject::UpstreamFailed, 502),
+            (Reject::UpstreamTimeout, 504),
+            (Reject::Internal, 500),
+        ];
+        for (reject, status) in cases {
+            let r = reject.clone().into_response();
+            assert_eq!(r.status().as_u16(), status, "{reject:?}");
+            assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+            let body: serde_json::Value = serde_json::from_str(&body_of(r).await).unwrap();
+            assert!(body["error"].is_string() && body["error_description"].is_string());
+        }
+    }
+
+    #[tokio::test]
+    async fn missing_token_names_the_realm_and_405_lists_allowed_methods() {
+        let r = Reject::MissingToken.into_response();
+        assert_eq!(r.headers()[WWW_AUTHENTICATE], r#"Bearer realm="jwtgate""#);
+        let r = Reject::MethodNotAllowed {
+            allow: HeaderValue::from_static("GET, POST"),
+        }
+        .into_response();
+        assert_eq!(r.headers()[ALLOW], "GET, POST");
+    }
+}

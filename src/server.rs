@@ -1,0 +1,299 @@
+//! Listeners and connections: accept, optional TLS, hyper-util's auto (HTTP/1.1 + h2)
+//! connection per socket, and the drain on shutdown.
+//!
+//! Shutdown: stop accepting, turn `/readyz` to 503, let every open connection finish its
+//! in-flight requests (HTTP/1 keep-alive is switched off, h2 gets GOAWAY), and give up after
+//! `server.shutdown_grace`.
+
+pub mod tls;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt as _;
+
+use crate::admin::{self, Health};
+use crate::body;
+use crate::config::Config;
+use crate::proxy::{self, upstream::ConnectTimeouts};
+use crate::snapshot::{Live, Snapshot};
+use crate::stack::{self, GatewayService};
+
+/// Request extension: what the gateway knows about the client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The peer's address.
+    pub remote: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The TLS certificate or key cannot be used (a configuration error).
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The upstream client could not be built.
+    #[error("cannot build the upstream client: {0}")]
+    Client(#[from] rustls::Error),
+}
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running gateway: its bound addresses and the handle to stop it.
+#[derive(Debug)]
+pub struct Gateway {
+    listen: SocketAddr,
+    admin: Option<SocketAddr>,
+    live: Live,
+    shutdown: watch::Sender<bool>,
+    proxy_task: JoinHandle<()>,
+    admin_task: Option<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Binds the listeners and starts serving `config`.
+    ///
+    /// # Errors
+    ///
+    /// A listener that cannot be bound, unusable TLS files, or a TLS provider failure.
+    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        let tls = config.server.tls.as_ref().map(tls::load).transpose()?;
+        let grace = config.server.shutdown_grace;
+        let listen_addr = config.server.listen;
+        let admin_addr = config.server.admin_listen;
+
+        let timeouts = ConnectTimeouts::default();
+        let snapshot = Snapshot::new(Arc::new(config));
+        timeouts.install(snapshot.upstreams.values().map(AsRef::as_ref));
+        let live: Live = Arc::new(ArcSwap::from_pointee(snapshot));
+        let client = proxy::client(timeouts)?;
+        let service = stack::build(live.clone(), client);
+
+        let listener = bind(listen_addr).await?;
+        let listen = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: listen_addr,
+            source,
+        })?;
+        let health = Arc::new(Health::default());
+        let (admin, admin_task) = match admin_addr {
+            Some(addr) => {
+                let l = bind(addr).await?;
+                let bound = l.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+                tracing::info!(addr = %bound, "admin listening");
+                (Some(bound), Some(tokio::spawn(serve_admin(l, health.clone()))))
+            }
+            None => (None, None),
+        };
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(addr = %listen, %scheme, "gateway listening");
+        let proxy_task = tokio::spawn(serve_proxy(
+            listener,
+            tls.map(TlsAcceptor::from),
+            service,
+            shutdown_rx,
+            grace,
+            health,
+        ));
+        Ok(Gateway {
+            listen,
+            admin,
+            live,
+            shutdown,
+            proxy_task,
+            admin_task,
+        })
+    }
+
+    /// The bound proxy address (useful with port 0).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// The bound admin address, if any.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// The configuration in force.
+    pub fn live(&self) -> &Live {
+        &self.live
+    }
+
+    /// Starts the drain: stop accepting, finish in-flight requests within the grace period.
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Waits until the drain is over (call [`Gateway::shutdown`] first, or it waits forever).
+    pub async fn wait(self) {
+        if let Err(e) = self.proxy_task.await {
+            tracing::error!(error = %e, "proxy task failed");
+        }
+        if let Some(admin) = self.admin_task {
+            admin.abort();
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+async fn serve_proxy(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    service: GatewayService,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+    health: Arc<Health>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Slow-header clients (slowloris) lose their connection instead of holding it forever.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, remote)) => {
+                    tokio::spawn(connection(
+                        builder.clone(),
+                        stream,
+                        remote,
+                        tls.clone(),
+                        service.clone(),
+                        graceful.watcher(),
+                    ));
+                }
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning on the error.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    health.start_draining();
+    tracing::info!(connections = graceful.count(), ?grace, "draining");
+    match tokio::time::timeout(grace, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("drained"),
+        Err(_) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
+    }
+}
+
+async fn connection(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    service: GatewayService,
+    watcher: Watcher,
+) {
+    let _ = stream.set_nodelay(true);
+    let info = ConnInfo {
+        remote,
+        tls: tls.is_some(),
+    };
+    let hyper_service = HyperService { service, info };
+    let result = match tls {
+        None => {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_service);
+            watcher.watch(conn.into_owned()).await
+        }
+        Some(acceptor) => {
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_service);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%remote, error = %e, "connection ended with an error");
+    }
+}
+
+/// Adapts the tower stack to hyper: boxes the body and records the connection's details.
+#[derive(Debug, Clone)]
+struct HyperService {
+    service: GatewayService,
+    info: ConnInfo,
+}
+
+impl hyper::service::Service<Request<Incoming>> for HyperService {
+    type Response = http::Response<body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tower::util::Oneshot<GatewayService, Request<body::Body>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let mut req = req.map(body::boxed);
+        req.extensions_mut().insert(self.info);
+        self.service.clone().oneshot(req)
+    }
+}
+
+async fn serve_admin(listener: TcpListener, health: Arc<Health>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let health = health.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let response = admin::respond(&health, &req);
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
