@@ -69,6 +69,9 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(respond(&health, &get("/healthz")).status(), StatusCode::OK);
-        assert_eq!(respond(&health, &get("/other")).status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            respond(&health, &get("/other")).status(),
+            StatusCode::NOT_FOUND
+        );
     }
 }

@@ -358,7 +358,11 @@ impl Config {
     pub fn summary(&self) -> String {
         use std::fmt::Write as _;
         let mut out = String::new();
-        let scheme = if self.server.tls.is_some() { "https" } else { "http" };
+        let scheme = if self.server.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let _ = writeln!(out, "listen  {scheme}://{}", self.server.listen);
         if let Some(admin) = self.server.admin_listen {
             let _ = writeln!(out, "admin   http://{admin}");
@@ -386,7 +390,11 @@ impl Config {
                     s
                 }
             };
-            let strip = if r.strip_prefix { " (strip prefix)" } else { "" };
+            let strip = if r.strip_prefix {
+                " (strip prefix)"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 out,
                 "  {:<24} {:<12} -> {:<12} {access}{strip}",
@@ -436,8 +444,5 @@ fn describe_limit(l: &Limit) -> String {
         By::Subject => "per caller",
         By::Group => "shared by the group",
     };
-    format!(
-        "{} per {:?}, burst {}, {by}",
-        l.requests, l.per, l.burst
-    )
+    format!("{} per {:?}, burst {}, {by}", l.requests, l.per, l.burst)
 }

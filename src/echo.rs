@@ -8,6 +8,8 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
@@ -25,6 +27,7 @@ use crate::body::{self, Body};
 #[derive(Debug)]
 pub struct EchoServer {
     addr: SocketAddr,
+    requests: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
 
@@ -37,14 +40,18 @@ impl EchoServer {
     pub async fn start(addr: SocketAddr) -> io::Result<EchoServer> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let requests = Arc::new(AtomicU64::new(0));
+        let counter = requests.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                let counter = counter.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                        Ok::<_, Infallible>(echo(req).await)
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        async move { Ok::<_, Infallible>(echo(req).await) }
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
@@ -52,12 +59,21 @@ impl EchoServer {
                 });
             }
         });
-        Ok(EchoServer { addr, task })
+        Ok(EchoServer {
+            addr,
+            requests,
+            task,
+        })
     }
 
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// How many requests it has received.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 }
 
@@ -68,7 +84,11 @@ impl Drop for EchoServer {
 }
 
 async fn echo(req: Request<Incoming>) -> Response<Body> {
-    if req.headers().get("x-echo-body").is_some_and(|v| v == "stream") {
+    if req
+        .headers()
+        .get("x-echo-body")
+        .is_some_and(|v| v == "stream")
+    {
         let content_type = req.headers().get(CONTENT_TYPE).cloned();
         let mut response = Response::new(body::boxed(req.into_body()));
         if let Some(ct) = content_type {
@@ -95,7 +115,12 @@ async fn echo(req: Request<Incoming>) -> Response<Body> {
     let headers: Vec<(String, String)> = parts
         .headers
         .iter()
-        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let doc = serde_json::json!({
         "method": parts.method.as_str(),

@@ -25,10 +25,10 @@
 pub mod config;
 pub mod snapshot;
 
-pub mod normalize;
-pub mod route;
 pub mod auth;
+pub mod normalize;
 pub mod proxy;
+pub mod route;
 
 pub mod admin;
 pub mod body;

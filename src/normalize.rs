@@ -21,6 +21,7 @@ use tower_http::validate_request::{ValidateRequest, ValidateRequestHeaderLayer};
 
 use crate::body::Body;
 use crate::reject::Reject;
+use crate::server::ConnInfo;
 
 /// Why a path was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,14 +231,29 @@ pub fn request<B>(req: &mut Request<B>) -> Result<(), Reject> {
 
 /// RFC 9112 §6.3: a message with both `Transfer-Encoding` and `Content-Length`, or several
 /// `Content-Length` or `Host` lines, can be read two ways; one of those readings is a smuggled
-/// request. hyper already refuses most of these, but it keeps a `Content-Length` that precedes
-/// `Transfer-Encoding`, so the gateway refuses every such message itself.
+/// request. hyper already refuses most of these, but the gateway refuses every such message
+/// itself rather than depend on one parser's choices. `Transfer-Encoding` must be exactly
+/// `chunked`: any other coding (`gzip, chunked`, `identity`, `chunked, chunked`) is one that
+/// some upstream would read differently.
 fn check_framing<B>(req: &Request<B>) -> Result<(), Reject> {
+    // What hyper resolved silently, seen on the raw bytes (see `server::framing`).
+    if req
+        .extensions()
+        .get::<ConnInfo>()
+        .is_some_and(|c| c.framing.refuses(c.index))
+    {
+        return Err(Reject::BadFraming);
+    }
     let headers = req.headers();
-    let te = headers.contains_key(TRANSFER_ENCODING);
+    let mut te = headers.get_all(TRANSFER_ENCODING).iter();
+    let te_present = match (te.next(), te.next()) {
+        (None, _) => false,
+        (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"chunked") => true,
+        _ => return Err(Reject::BadFraming),
+    };
     let cl = headers.get_all(CONTENT_LENGTH).iter().count();
     let host = headers.get_all(HOST).iter().count();
-    if (te && cl > 0) || cl > 1 || host > 1 {
+    if (te_present && cl > 0) || cl > 1 || host > 1 {
         return Err(Reject::BadFraming);
     }
     Ok(())
@@ -266,7 +282,14 @@ mod tests {
 
     #[test]
     fn normal_paths_are_borrowed_unchanged() {
-        for p in ["/", "/api/orders", "/api/orders/", "/a/b.c/~d_e-f", "/a/%20b", "/.well-known/x"] {
+        for p in [
+            "/",
+            "/api/orders",
+            "/api/orders/",
+            "/a/b.c/~d_e-f",
+            "/a/%20b",
+            "/.well-known/x",
+        ] {
             assert!(matches!(path(p), Ok(Cow::Borrowed(b)) if b == p), "{p}");
         }
     }
@@ -330,7 +353,9 @@ mod tests {
 
     #[test]
     fn request_keeps_the_query_string_byte_for_byte() {
-        let mut req = Request::get("http://h/a//b/../c?x=%2F..&y=1").body(()).unwrap();
+        let mut req = Request::get("http://h/a//b/../c?x=%2F..&y=1")
+            .body(())
+            .unwrap();
         request(&mut req).unwrap();
         assert_eq!(req.uri().path(), "/a/c");
         assert_eq!(req.uri().query(), Some("x=%2F..&y=1"));
@@ -357,7 +382,27 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(check_framing(&two_hosts), Err(Reject::BadFraming));
-        let fine = Request::post("/x").header("content-length", "5").body(()).unwrap();
+        for te in [
+            "gzip, chunked",
+            "chunked, chunked",
+            "identity",
+            "chunked;x=1",
+        ] {
+            let odd = Request::post("/x")
+                .header("transfer-encoding", te)
+                .body(())
+                .unwrap();
+            assert_eq!(check_framing(&odd), Err(Reject::BadFraming), "{te}");
+        }
+        let fine = Request::post("/x")
+            .header("content-length", "5")
+            .body(())
+            .unwrap();
         assert_eq!(check_framing(&fine), Ok(()));
+        let chunked = Request::post("/x")
+            .header("transfer-encoding", "Chunked")
+            .body(())
+            .unwrap();
+        assert_eq!(check_framing(&chunked), Ok(()));
     }
 }

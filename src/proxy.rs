@@ -108,7 +108,10 @@ async fn forward(client: &HttpClient, mut req: Request<Body>) -> Result<Response
         tracing::error!("forward reached without a matched route or snapshot");
         return Err(Reject::Internal);
     };
-    let conn = req.extensions().get::<ConnInfo>().copied();
+    let conn = req
+        .extensions()
+        .get::<ConnInfo>()
+        .map(|c| (c.remote.ip(), c.tls));
     let Some(target) = route.upstream.next_target() else {
         return Err(Reject::UpstreamFailed);
     };
@@ -131,8 +134,8 @@ async fn forward(client: &HttpClient, mut req: Request<Body>) -> Result<Response
         .cloned()
         .or_else(|| req.uri().authority().and_then(|a| a.as_str().parse().ok()));
     let origin = headers::Origin {
-        client_ip: conn.map_or([127, 0, 0, 1].into(), |c| c.remote.ip()),
-        tls: conn.is_some_and(|c| c.tls),
+        client_ip: conn.map_or([127, 0, 0, 1].into(), |(ip, _)| ip),
+        tls: conn.is_some_and(|(_, tls)| tls),
         host: host.as_ref(),
     };
     headers::prepare_request(

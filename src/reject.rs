@@ -45,7 +45,11 @@ impl Reject {
     /// Status, `error` code and fixed description.
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
-            Reject::BadPath(why) => (StatusCode::BAD_REQUEST, "invalid_request", why.description()),
+            Reject::BadPath(why) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                why.description(),
+            ),
             Reject::BadFraming => (
                 StatusCode::BAD_REQUEST,
                 "invalid_request",

@@ -175,9 +175,18 @@ mod tests {
             public = true
             "#,
         );
-        assert_eq!(found(&t, &Method::GET, "/api/orders"), Ok("/api/orders".into()));
-        assert_eq!(found(&t, &Method::GET, "/api/orders/"), Ok("/api/orders".into()));
-        assert_eq!(found(&t, &Method::GET, "/api/orders/7/x"), Ok("/api/orders".into()));
+        assert_eq!(
+            found(&t, &Method::GET, "/api/orders"),
+            Ok("/api/orders".into())
+        );
+        assert_eq!(
+            found(&t, &Method::GET, "/api/orders/"),
+            Ok("/api/orders".into())
+        );
+        assert_eq!(
+            found(&t, &Method::GET, "/api/orders/7/x"),
+            Ok("/api/orders".into())
+        );
         assert_eq!(found(&t, &Method::GET, "/api/ordersX"), Ok("/api".into()));
         assert_eq!(found(&t, &Method::GET, "/api/"), Ok("/api".into()));
         assert_eq!(found(&t, &Method::GET, "/apix"), Err(Reject::NoRoute));
@@ -209,7 +218,10 @@ mod tests {
             upstream = "u"
             "#,
         );
-        assert_eq!(found(&t, &Method::PUT, "/api/orders/1"), Ok("/api/orders".into()));
+        assert_eq!(
+            found(&t, &Method::PUT, "/api/orders/1"),
+            Ok("/api/orders".into())
+        );
         let err = found(&t, &Method::DELETE, "/api/orders/1").unwrap_err();
         assert_eq!(
             err,

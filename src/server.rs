@@ -5,11 +5,13 @@
 //! in-flight requests (HTTP/1 keep-alive is switched off, h2 gets GOAWAY), and give up after
 //! `server.shutdown_grace`.
 
+pub mod framing;
 pub mod tls;
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -32,12 +34,16 @@ use crate::snapshot::{Live, Snapshot};
 use crate::stack::{self, GatewayService};
 
 /// Request extension: what the gateway knows about the client connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// The peer's address.
     pub remote: SocketAddr,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// Which request on this connection, if any, had ambiguous framing.
+    pub framing: Arc<framing::AmbiguousFraming>,
+    /// This request's index on its connection (0-based, arrival order).
+    pub index: u64,
 }
 
 /// Why the gateway could not start.
@@ -102,9 +108,14 @@ impl Gateway {
         let (admin, admin_task) = match admin_addr {
             Some(addr) => {
                 let l = bind(addr).await?;
-                let bound = l.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+                let bound = l
+                    .local_addr()
+                    .map_err(|source| StartError::Bind { addr, source })?;
                 tracing::info!(addr = %bound, "admin listening");
-                (Some(bound), Some(tokio::spawn(serve_admin(l, health.clone()))))
+                (
+                    Some(bound),
+                    Some(tokio::spawn(serve_admin(l, health.clone()))),
+                )
             }
             None => (None, None),
         };
@@ -223,21 +234,32 @@ async fn connection(
     watcher: Watcher,
 ) {
     let _ = stream.set_nodelay(true);
-    let info = ConnInfo {
-        remote,
-        tls: tls.is_some(),
-    };
-    let hyper_service = HyperService { service, info };
     let result = match tls {
         None => {
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_service);
+            let (stream, framing) = framing::Watched::new(stream);
+            let info = ConnInfo {
+                remote,
+                tls: false,
+                framing,
+                index: 0,
+            };
+            let service = HyperService::new(service, info);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             watcher.watch(conn.into_owned()).await
         }
         Some(acceptor) => {
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => {
+                    let (stream, framing) = framing::Watched::new(stream);
+                    let info = ConnInfo {
+                        remote,
+                        tls: true,
+                        framing,
+                        index: 0,
+                    };
+                    let service = HyperService::new(service, info);
                     let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_service);
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     watcher.watch(conn.into_owned()).await
                 }
                 Ok(Err(e)) => {
@@ -256,11 +278,23 @@ async fn connection(
     }
 }
 
-/// Adapts the tower stack to hyper: boxes the body and records the connection's details.
+/// Adapts the tower stack to hyper: boxes the body and records the connection's details,
+/// numbering requests in the order hyper hands them over.
 #[derive(Debug, Clone)]
 struct HyperService {
     service: GatewayService,
     info: ConnInfo,
+    next_index: Arc<AtomicU64>,
+}
+
+impl HyperService {
+    fn new(service: GatewayService, info: ConnInfo) -> HyperService {
+        HyperService {
+            service,
+            info,
+            next_index: Arc::new(AtomicU64::new(0)),
+        }
+    }
 }
 
 impl hyper::service::Service<Request<Incoming>> for HyperService {
@@ -270,7 +304,9 @@ impl hyper::service::Service<Request<Incoming>> for HyperService {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let mut req = req.map(body::boxed);
-        req.extensions_mut().insert(self.info);
+        let mut info = self.info.clone();
+        info.index = self.next_index.fetch_add(1, Ordering::Relaxed);
+        req.extensions_mut().insert(info);
         self.service.clone().oneshot(req)
     }
 }

@@ -69,7 +69,7 @@ pub(super) fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
     let table = match DeTable::parse(text) {
         Ok(table) => table,
         Err(e) => {
-            v.push_toml(&e);
+            v.push_toml(&e, "");
             return Err(v.into_errors());
         }
     };
@@ -80,7 +80,11 @@ pub(super) fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
     }) {
         Ok(raw) => raw,
         Err(e) => {
-            v.push_toml(&e);
+            let key = e
+                .span()
+                .map(|s| display_path(&key_at(&table, s.start)))
+                .unwrap_or_default();
+            v.push_toml(&e, &key);
             return Err(v.into_errors());
         }
     };
@@ -125,16 +129,11 @@ impl Validator<'_> {
         });
     }
 
-    fn push_toml(&mut self, e: &toml::de::Error) {
+    fn push_toml(&mut self, e: &toml::de::Error, key: &str) {
         // The message of a TOML error names the problem ("invalid type: string "x", expected
         // i64"); its first line is enough once we add our own position.
         let reason = e.message().lines().next().unwrap_or("invalid TOML").trim();
-        let span = e.span();
-        let key = span
-            .as_ref()
-            .map(|s| key_before(self.text, s.start))
-            .unwrap_or_default();
-        self.push(span, &key, reason.to_owned());
+        self.push(e.span(), key, reason.to_owned());
     }
 
     fn config(&mut self, raw: RawConfig) -> Config {
@@ -192,13 +191,15 @@ impl Validator<'_> {
             .as_ref()
             .and_then(|a| self.socket_addr("server.admin_listen", a));
         if let (Some(l), Some(a), Some(raw_a)) = (listen, admin_listen, &raw.admin_listen)
-            && l == a {
-                self.push(
-                    Some(raw_a.span()),
-                    "server.admin_listen",
-                    "must differ from server.listen",
-                );
-            }
+            && l == a
+            && l.port() != 0
+        {
+            self.push(
+                Some(raw_a.span()),
+                "server.admin_listen",
+                "must differ from server.listen",
+            );
+        }
         let workers = raw.workers.as_ref().and_then(|w| {
             let n = *w.get_ref();
             match usize::try_from(n).ok().filter(|n| (1..=1024).contains(n)) {
@@ -513,7 +514,11 @@ impl Validator<'_> {
             let targets = match &upstream.targets {
                 Some(list) => {
                     if list.get_ref().is_empty() {
-                        self.push(Some(list.span()), &format!("{key}.targets"), "must not be empty");
+                        self.push(
+                            Some(list.span()),
+                            &format!("{key}.targets"),
+                            "must not be empty",
+                        );
                     }
                     list.get_ref()
                         .iter()
@@ -521,7 +526,11 @@ impl Validator<'_> {
                         .collect()
                 }
                 None => {
-                    self.push(Some(span), &format!("{key}.targets"), "missing required key");
+                    self.push(
+                        Some(span),
+                        &format!("{key}.targets"),
+                        "missing required key",
+                    );
                     Vec::new()
                 }
             };
@@ -570,7 +579,11 @@ impl Validator<'_> {
             return None;
         }
         if authority.as_str().contains('@') {
-            self.push(Some(raw.span()), key, bad("must not carry user information"));
+            self.push(
+                Some(raw.span()),
+                key,
+                bad("must not carry user information"),
+            );
             return None;
         }
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
@@ -595,6 +608,8 @@ impl Validator<'_> {
         upstreams: &BTreeMap<String, Upstream>,
     ) -> Vec<Route> {
         let mut out: Vec<Route> = Vec::new();
+        // Index in the file of each route in `out` (routes with a bad path are left out).
+        let mut indices: Vec<usize> = Vec::new();
         for (i, route) in raw.into_iter().enumerate() {
             let key = format!("routes[{i}]");
             let span = route.span();
@@ -602,7 +617,11 @@ impl Validator<'_> {
             let path = match &route.path {
                 Some(p) => self.route_path(&format!("{key}.path"), p),
                 None => {
-                    self.push(Some(span.clone()), &format!("{key}.path"), "missing required key");
+                    self.push(
+                        Some(span.clone()),
+                        &format!("{key}.path"),
+                        "missing required key",
+                    );
                     None
                 }
             };
@@ -652,12 +671,13 @@ impl Validator<'_> {
                     Some(span),
                     &key,
                     format!(
-                        "duplicate route: path {:?} with these methods is already routed by routes[{other}]",
-                        route.path
+                        "duplicate route: path {:?} with these methods is already routed by routes[{}]",
+                        route.path, indices[other]
                     ),
                 );
             }
             out.push(route);
+            indices.push(i);
         }
         out
     }
@@ -717,7 +737,11 @@ impl Validator<'_> {
                     ),
                 ),
                 Err(_) => {
-                    self.push(Some(item.span()), key, format!("{m:?} is not an HTTP method"));
+                    self.push(
+                        Some(item.span()),
+                        key,
+                        format!("{m:?} is not an HTTP method"),
+                    );
                 }
             }
         }
@@ -786,7 +810,11 @@ impl Validator<'_> {
             let limit = self.limit(&key, limit);
             groups.insert(name, limit);
         }
-        let backend = match raw.backend.as_ref().map(|b| (b.get_ref().as_str(), b.span())) {
+        let backend = match raw
+            .backend
+            .as_ref()
+            .map(|b| (b.get_ref().as_str(), b.span()))
+        {
             None | Some(("local", _)) => {
                 for (k, v) in [
                     ("redis_url", &raw.redis_url),
@@ -873,12 +901,21 @@ impl Validator<'_> {
         let requests = match &raw.requests {
             Some(n) => self.positive_u32(&format!("{key}.requests"), n),
             None => {
-                self.push(Some(span.clone()), &format!("{key}.requests"), "missing required key");
+                self.push(
+                    Some(span.clone()),
+                    &format!("{key}.requests"),
+                    "missing required key",
+                );
                 NonZeroU32::MIN
             }
         };
         let per = match &raw.per {
-            Some(_) => self.duration(&format!("{key}.per"), raw.per.as_ref(), Duration::ZERO, false),
+            Some(_) => self.duration(
+                &format!("{key}.per"),
+                raw.per.as_ref(),
+                Duration::ZERO,
+                false,
+            ),
             None => {
                 self.push(Some(span), &format!("{key}.per"), "missing required key");
                 Duration::from_secs(1)
@@ -1033,18 +1070,6 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
-/// The `key = ` written on the line of a byte offset, for errors that serde gives without a
-/// key (type errors). Best effort: empty when the line has no `=`.
-fn key_before(text: &str, offset: usize) -> String {
-    let offset = text.floor_char_boundary(offset.min(text.len()));
-    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
-    let line = &text[start..offset];
-    match line.split_once('=') {
-        Some((k, _)) => k.trim().trim_matches('"').to_owned(),
-        None => String::new(),
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
     Key(String),
@@ -1087,6 +1112,35 @@ fn display_path(path: &[Segment]) -> String {
         }
     }
     s
+}
+
+/// The path of the deepest key whose value contains byte `offset` (for serde type errors,
+/// which carry a span but no key). The whole tree is walked: a table opened by a `[header]`
+/// does not span its keys.
+fn key_at(table: &Spanned<DeTable<'_>>, offset: usize) -> Vec<Segment> {
+    fn walk(value: &DeValue<'_>, offset: usize, path: &mut Vec<Segment>, best: &mut Vec<Segment>) {
+        let mut visit = |seg: Segment, v: &Spanned<DeValue<'_>>, path: &mut Vec<Segment>| {
+            path.push(seg);
+            if v.span().contains(&offset) && path.len() > best.len() {
+                *best = path.clone();
+            }
+            walk(v.get_ref(), offset, path, best);
+            path.pop();
+        };
+        if let Some(t) = value.as_table() {
+            for (k, v) in t {
+                visit(Segment::Key(k.get_ref().to_string()), v, path);
+            }
+        } else if let Some(a) = value.as_array() {
+            for (i, v) in a.iter().enumerate() {
+                visit(Segment::Index(i), v, path);
+            }
+        }
+    }
+    let mut best = Vec::new();
+    let root = DeValue::Table(table.get_ref().clone());
+    walk(&root, offset, &mut Vec::new(), &mut best);
+    best
 }
 
 /// Finds the span of the key at `path` in the parsed document.

@@ -113,7 +113,10 @@ mod tests {
     #[test]
     fn connection_nominated_and_hop_by_hop_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, X-Secret , x-other"));
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret , x-other"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("x-other", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
@@ -130,7 +133,10 @@ mod tests {
     fn forwarding_headers_are_written_after_removal() {
         let host = HeaderValue::from_static("api.example");
         let mut h = HeaderMap::new();
-        h.insert(CONNECTION, HeaderValue::from_static("X-Forwarded-For, X-Forwarded-Proto"));
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("X-Forwarded-For, X-Forwarded-Proto"),
+        );
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         h.insert(X_FORWARDED_HOST, HeaderValue::from_static("evil.example"));
@@ -147,7 +153,10 @@ mod tests {
     fn forwarded_for_is_appended_to_the_clients_chain() {
         let mut h = HeaderMap::new();
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
-        h.append(X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2, 3.3.3.3"));
+        h.append(
+            X_FORWARDED_FOR,
+            HeaderValue::from_static("2.2.2.2, 3.3.3.3"),
+        );
         h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer x"));
         prepare_request(&mut h, origin(None), true);
         assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.1.2.3");

@@ -175,7 +175,10 @@ mod tests {
         let t = ConnectTimeouts::default();
         t.install(&pools);
         let uri = |s: &str| s.parse::<Uri>().unwrap();
-        assert_eq!(t.get(&uri("http://127.0.0.1:1/")), Duration::from_millis(250));
+        assert_eq!(
+            t.get(&uri("http://127.0.0.1:1/")),
+            Duration::from_millis(250)
+        );
         assert_eq!(t.get(&uri("http://127.0.0.1:2/")), Duration::from_secs(5));
         assert_eq!(t.get(&uri("http://127.0.0.1:3/")), DEFAULT_CONNECT_TIMEOUT);
     }

@@ -31,15 +31,24 @@ pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let key_path = files.key.display();
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| fail("server.tls_cert", format!("cannot read certificates from {cert_path}: {e}")))?;
+        .map_err(|e| {
+            fail(
+                "server.tls_cert",
+                format!("cannot read certificates from {cert_path}: {e}"),
+            )
+        })?;
     if certs.is_empty() {
         return Err(fail(
             "server.tls_cert",
             format!("no PEM certificate found in {cert_path}"),
         ));
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| fail("server.tls_key", format!("cannot read a private key from {key_path}: {e}")))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
+        fail(
+            "server.tls_key",
+            format!("cannot read a private key from {key_path}: {e}"),
+        )
+    })?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

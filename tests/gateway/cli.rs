@@ -1,0 +1,370 @@
+//! The `jwtgate` binary itself: `check` on good and bad files, exit codes, and a real `run`
+//! that streams 1 GiB in bounded memory and drains on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use http::Request;
+use jwtgate::config::Config;
+use jwtgate::echo::EchoServer;
+
+use crate::support::{client, config_text, send};
+
+fn jwtgate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_jwtgate"))
+        .args(args)
+        .output()
+        .expect("the jwtgate binary runs")
+}
+
+fn check(path: &Path) -> (i32, String, String) {
+    let out = jwtgate(&["check", "--config", path.to_str().unwrap()]);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_shipped_config_file_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Config::load(&path).unwrap_or_else(|e| panic!("{}:\n{e}", path.display()));
+            let (code, stdout, stderr) = check(&path);
+            assert_eq!(code, 0, "{}: {stderr}", path.display());
+            assert!(
+                stdout.contains("routes (") && stdout.contains("is valid"),
+                "{stdout}"
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 1, "no config files found in {}", dir.display());
+}
+
+#[test]
+fn check_prints_every_problem_with_its_place_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        r#"[server]
+listn = "127.0.0.1:8080"
+
+[okta]
+issuer = "https://id.example/oauth2/x"
+audience = "api://x"
+algorithms = ["RS256", "none", "HS256"]
+leeway = "30"
+
+[upstreams.orders]
+targets = ["http://127.0.0.1:9001"]
+timeout = "soon"
+
+[[routes]]
+path = "/api/orders"
+upstream = "ordrs"
+
+[[routes]]
+path = "/public"
+upstream = "orders"
+public = true
+groups = ["everyone"]
+
+[[routes]]
+path = "/api/orders"
+methods = ["GET"]
+upstream = "orders"
+"#,
+    )
+    .unwrap();
+    let (code, stdout, stderr) = check(&file);
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    let f = file.display();
+    let expected = [
+        format!("{f}:1:1: server.listen: missing required key"),
+        format!("{f}:2:1: server.listn: unknown key"),
+        format!("{f}:7:24: okta.algorithms: \"none\" is refused"),
+        format!("{f}:7:32: okta.algorithms: \"HS256\" is refused: HMAC"),
+        format!("{f}:8:10: okta.leeway: \"30\" is not a duration"),
+        format!("{f}:12:11: upstreams.orders.timeout: \"soon\" is not a duration"),
+        format!("{f}:16:12: routes[0].upstream: unknown upstream \"ordrs\""),
+        format!("{f}:22:10: routes[1].groups: a public route takes no token"),
+        format!("{f}:24:1: routes[2]: duplicate route: path \"/api/orders\""),
+        "9 problems in".to_owned(),
+    ];
+    for line in &expected {
+        assert!(
+            stderr.contains(line.as_str()),
+            "missing {line:?} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_refuses_a_table_of_bad_files_each_with_its_reason() {
+    let base = "[server]\nlisten = \"127.0.0.1:8080\"\n[upstreams.u]\ntargets = [\"http://127.0.0.1:9\"]\n";
+    let okta = "[okta]\nissuer = \"https://id.example/oauth2/x\"\naudience = \"api://x\"\n";
+    let route = "[[routes]]\npath = \"/\"\nupstream = \"u\"\npublic = true\n";
+    let cases: Vec<(String, &str)> = vec![
+        (
+            "[server]\nlisten = 8080\n".into(),
+            "server.listen: invalid type: integer `8080`, expected a string",
+        ),
+        ("[server\n".into(), "1:8: unclosed table"),
+        (
+            format!("{base}[[routes]]\npath = \"/x\"\nupstream = \"u\"\n"),
+            "okta: missing table [okta]: protected routes need an issuer",
+        ),
+        (
+            format!("{base}{okta}algorithms = [\"None\"]\n{route}"),
+            "okta.algorithms: \"None\" is refused",
+        ),
+        (
+            format!("{base}{okta}algorithms = [\"HS512\"]\n{route}"),
+            "okta.algorithms: \"HS512\" is refused",
+        ),
+        (
+            format!("{base}{okta}algorithms = []\n{route}"),
+            "okta.algorithms: must name at least one algorithm",
+        ),
+        (
+            format!("{base}{okta}issuer2 = \"x\"\n{route}"),
+            "okta.issuer2: unknown key",
+        ),
+        (
+            format!("{base}{okta}max_token_bytes = 10\n{route}"),
+            "okta.max_token_bytes: must be between 512 and 65536",
+        ),
+        (
+            format!("{base}{okta}leeway = \"10m\"\n{route}"),
+            "okta.leeway: must be at most 5m",
+        ),
+        (
+            format!("{base}{route}[[routes]]\npath = \"/\"\nupstream = \"u\"\npublic = true\n"),
+            "routes[1]: duplicate route",
+        ),
+        (
+            format!("{base}[[routes]]\npath = \"api\"\nupstream = \"u\"\npublic = true\n"),
+            "routes[0].path: must start with '/'",
+        ),
+        (
+            format!("{base}[[routes]]\npath = \"/a/../b\"\nupstream = \"u\"\npublic = true\n"),
+            "routes[0].path: is not in normal form",
+        ),
+        (
+            format!("{base}[[routes]]\npath = \"/a%2Fb\"\nupstream = \"u\"\npublic = true\n"),
+            "routes[0].path: can never match a request: encoded slash in path",
+        ),
+        (
+            format!(
+                "{base}[[routes]]\npath = \"/a\"\nmethods = [\"get\"]\nupstream = \"u\"\npublic = true\n"
+            ),
+            "routes[0].methods: \"get\": methods are case-sensitive",
+        ),
+        (
+            format!(
+                "{base}[[routes]]\npath = \"/a\"\nupstream = \"u\"\npublic = true\nscopes = [\"s\"]\n"
+            ),
+            "routes[0].scopes: a public route takes no token",
+        ),
+        (
+            format!("{base}{route}[rate_limits]\nbackend = \"memcached\"\n"),
+            "rate_limits.backend: \"memcached\" is not a backend",
+        ),
+        (
+            format!("{base}{route}[rate_limits]\nbackend = \"redis\"\n"),
+            "rate_limits.redis_url: required with backend = \"redis\"",
+        ),
+        (
+            format!(
+                "{base}{route}[rate_limits]\nbackend = \"redis\"\nredis_url = \"http://r:6379\"\n"
+            ),
+            "rate_limits.redis_url: \"http://r:6379\" is not a redis:// or rediss:// URL",
+        ),
+        (
+            format!("{base}{route}[rate_limits.groups]\ng = {{ requests = 5 }}\n"),
+            "rate_limits.groups.g.per: missing required key",
+        ),
+        (
+            format!(
+                "{base}{route}[forward]\nclaims_to_headers = {{ sub = \"X-Forwarded-For\" }}\n"
+            ),
+            "forward.claims_to_headers.sub: x-forwarded-for is owned by HTTP or the gateway",
+        ),
+        (
+            "[server]\nlisten = \"127.0.0.1:8080\"\ntls_cert = \"a.pem\"\n".into(),
+            "server.tls_key: tls_cert is set but tls_key is not",
+        ),
+        (
+            "[server]\nlisten = \"127.0.0.1:8080\"\nworkers = 0\n".into(),
+            "server.workers: must be between 1 and 1024, got 0",
+        ),
+        (
+            format!("[server]\nlisten = \"127.0.0.1:8080\"\n[upstreams.u]\ntargets = []\n{route}"),
+            "upstreams.u.targets: must not be empty",
+        ),
+        (
+            format!("{base}{okta}jwks_uri = \"http://keys.example/v1/keys\"\n{route}"),
+            "okta.jwks_uri: must use https",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("case{i}.toml"));
+        std::fs::write(&file, text).unwrap();
+        let (code, _, stderr) = check(&file);
+        assert_eq!(code, 2, "case {i}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "case {i}: expected {expected:?} in:\n{stderr}\nfile:\n{text}"
+        );
+        assert!(
+            stderr.contains(&format!("{}:", file.display())),
+            "case {i}: the file is not named: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_file_is_a_configuration_error() {
+    let out = jwtgate(&["check", "--config", "/nonexistent/jwtgate.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the file"));
+    let out = jwtgate(&["run", "--config", "/nonexistent/jwtgate.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_port_in_use_is_a_fatal_error_with_exit_code_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("busy.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nlisten = \"{}\"\n[upstreams.u]\ntargets = [\"http://127.0.0.1:9\"]\n[[routes]]\npath = \"/\"\nupstream = \"u\"\npublic = true\n",
+            taken.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = jwtgate(&["run", "--config", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen on"));
+}
+
+/// A `jwtgate run` child process and the address it reported.
+struct Child {
+    process: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+fn spawn_gateway(config: &Path) -> Child {
+    let mut process = Command::new(env!("CARGO_BIN_EXE_jwtgate"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = process.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        // Keep reading after the address is found: the gateway's stderr stays open.
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the gateway logged its address");
+        if line.contains("gateway listening") {
+            let addr = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("addr="))
+                .expect("addr= field");
+            break addr.parse().unwrap();
+        }
+    };
+    Child { process, addr }
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_streams_one_gib_in_bounded_memory_and_exits_0_on_sigterm() {
+    let echo = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("run.toml");
+    let extra = "[[routes]]\npath = \"/upload\"\nupstream = \"echo\"\npublic = true\n";
+    std::fs::write(&file, config_text(echo.addr(), extra)).unwrap();
+    let mut child = spawn_gateway(&file);
+    let pid = child.process.id();
+
+    let total: u64 = 1 << 30;
+    let chunk = Bytes::from(vec![b'z'; 256 << 10]);
+    let frames = futures_util::stream::iter(
+        (0..total / chunk.len() as u64).map(move |_| Ok::<_, BoxError>(Frame::data(chunk.clone()))),
+    );
+    let reply = send(
+        &client(),
+        Request::post(format!("http://{}/upload", child.addr))
+            .body(StreamBody::new(frames).boxed_unsync())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["body_bytes"], total);
+    let peak_mib = peak_rss_kib(pid) / 1024;
+    eprintln!("jwtgate peak RSS after a 1 GiB upload: {peak_mib} MiB");
+    assert!(
+        peak_mib < 100,
+        "peak RSS {peak_mib} MiB: the body was buffered"
+    );
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::task::spawn_blocking(move || {
+        let status = child.process.wait();
+        (status, child)
+    })
+    .await
+    .unwrap()
+    .0
+    .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM must drain and exit 0, got {status:?}"
+    );
+}
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use jwtgate::body::BoxError;

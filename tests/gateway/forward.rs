@@ -1,0 +1,217 @@
+//! Forwarding: header hygiene, protected routes failing closed, round robin, 502/504,
+//! streaming bodies.
+
+use bytes::Bytes;
+use futures_util::stream;
+use http::Request;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use jwtgate::body::{self, BoxError};
+use jwtgate::echo::EchoServer;
+
+use crate::support::{Harness, closed_port, raw_status, silent_upstream};
+
+#[tokio::test]
+async fn hop_by_hop_and_connection_named_headers_are_removed() {
+    let h = Harness::start().await;
+    let r = h
+        .send(
+            Request::get("/public/x")
+                .header("connection", "keep-alive, X-Forwarded-For, X-Secret")
+                .header("x-secret", "internal")
+                .header("keep-alive", "timeout=5")
+                .header("te", "trailers")
+                .header("proxy-authorization", "Basic eDp5")
+                .header("proxy-connection", "keep-alive")
+                .header("x-forwarded-for", "6.6.6.6")
+                .header("x-kept", "yes")
+                .body(body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    for gone in [
+        "x-secret",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "proxy-connection",
+        "connection",
+    ] {
+        assert_eq!(r.upstream_header(gone), None, "{gone} reached the upstream");
+    }
+    assert_eq!(r.upstream_header("x-kept").as_deref(), Some("yes"));
+    // The client's X-Forwarded-For was nominated in Connection, so only the gateway's remains.
+    assert_eq!(
+        r.upstream_header("x-forwarded-for").as_deref(),
+        Some("127.0.0.1")
+    );
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_set_by_the_gateway() {
+    let h = Harness::start().await;
+    let r = h
+        .send(
+            Request::get("/public/x")
+                .header("host", "api.example")
+                .header("x-forwarded-for", "10.0.0.1")
+                .header("x-forwarded-proto", "https")
+                .header("x-forwarded-host", "evil.example")
+                .body(body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.upstream_header("x-forwarded-for").as_deref(),
+        Some("10.0.0.1, 127.0.0.1")
+    );
+    assert_eq!(
+        r.upstream_header("x-forwarded-proto").as_deref(),
+        Some("http")
+    );
+    assert_eq!(
+        r.upstream_header("x-forwarded-host").as_deref(),
+        Some("api.example")
+    );
+    assert_eq!(r.upstream_header("host").as_deref(), Some("api.example"));
+}
+
+#[tokio::test]
+async fn the_bearer_token_is_not_forwarded_by_default() {
+    let h = Harness::start().await;
+    let r = h
+        .send(
+            Request::get("/public/x")
+                .header("authorization", "Bearer abc.def.ghi")
+                .body(body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("authorization"), None);
+}
+
+#[tokio::test]
+async fn protected_routes_fail_closed_with_401_and_forward_nothing() {
+    let h = Harness::start().await;
+    for req in [
+        Request::get("/api/orders").body(body::empty()).unwrap(),
+        Request::get("/api/orders/7")
+            .header("authorization", "Bearer a.b.c")
+            .body(body::empty())
+            .unwrap(),
+        Request::post("/api/orders").body(body::full("{}")).unwrap(),
+    ] {
+        let r = h.send(req).await;
+        assert_eq!(r.status, 401);
+        assert_eq!(r.headers["www-authenticate"], r#"Bearer realm="jwtgate""#);
+        assert_eq!(r.headers["content-type"], "application/json");
+        assert_eq!(r.json()["error"], "unauthorized");
+    }
+    assert_eq!(h.echo.requests(), 0);
+}
+
+#[tokio::test]
+async fn targets_are_used_round_robin() {
+    let first = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let second = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let h = Harness::with(&format!(
+        "[upstreams.pair]\ntargets = [\"http://{}\", \"http://{}\"]\n[[routes]]\npath = \"/rr\"\nupstream = \"pair\"\npublic = true\n",
+        first.addr(),
+        second.addr()
+    ))
+    .await;
+    for _ in 0..6 {
+        assert_eq!(h.get("/rr").await.status, 200);
+    }
+    assert_eq!((first.requests(), second.requests()), (3, 3));
+}
+
+#[tokio::test]
+async fn a_refused_upstream_is_a_502() {
+    let dead = closed_port().await;
+    let h = Harness::with(&format!(
+        "[upstreams.dead]\ntargets = [\"http://{dead}\"]\n[[routes]]\npath = \"/dead\"\nupstream = \"dead\"\npublic = true\n"
+    ))
+    .await;
+    let r = h.get("/dead").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["error"], "bad_gateway");
+}
+
+#[tokio::test]
+async fn a_silent_upstream_is_a_504_after_its_timeout() {
+    let (silent, _task) = silent_upstream().await;
+    let h = Harness::with(&format!(
+        "[upstreams.slow]\ntargets = [\"http://{silent}\"]\ntimeout = \"300ms\"\n[[routes]]\npath = \"/slow\"\nupstream = \"slow\"\npublic = true\n"
+    ))
+    .await;
+    let r = h.get("/slow").await;
+    assert_eq!(r.status, 504);
+    assert_eq!(r.json()["error"], "gateway_timeout");
+}
+
+fn counted_body(total: u64, chunk: usize) -> jwtgate::body::Body {
+    let chunks = total.div_ceil(chunk as u64);
+    let data = Bytes::from(vec![b'x'; chunk]);
+    let s = stream::iter((0..chunks).map(move |i| {
+        let remaining = total - i * chunk as u64;
+        let n = remaining.min(chunk as u64) as usize;
+        Ok::<_, BoxError>(Frame::data(data.slice(..n)))
+    }));
+    StreamBody::new(s).boxed_unsync()
+}
+
+#[tokio::test]
+async fn a_large_chunked_upload_streams_to_the_upstream() {
+    let h = Harness::start().await;
+    let total: u64 = 64 << 20;
+    let r = h
+        .send(
+            Request::post("/public/upload")
+                .body(counted_body(total, 64 << 10))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let doc = r.json();
+    assert_eq!(doc["body_bytes"], total);
+    assert_eq!(doc["body_error"], serde_json::Value::Null);
+    // Sent without a length, so it reached the upstream chunked, with no Content-Length.
+    assert_eq!(r.upstream_header("content-length"), None);
+}
+
+#[tokio::test]
+async fn a_body_streams_back_from_the_upstream_unchanged() {
+    let h = Harness::start().await;
+    let payload: Vec<u8> = (0..(8 << 20)).map(|i: u32| (i % 251) as u8).collect();
+    let r = h
+        .send(
+            Request::put("/public/echo")
+                .header("x-echo-body", "stream")
+                .header("content-type", "application/octet-stream")
+                .body(body::full(payload.clone()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["content-type"], "application/octet-stream");
+    assert!(r.body == payload, "the body came back changed");
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_of_the_response_are_removed() {
+    // The echo answers over keep-alive; whatever it says, the client never sees a
+    // `Keep-Alive` or `Connection`-nominated header from the upstream.
+    let h = Harness::start().await;
+    let reply = h
+        .raw(b"GET /public/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await;
+    assert_eq!(raw_status(&reply), 200);
+    assert!(
+        !reply.to_ascii_lowercase().contains("keep-alive:"),
+        "{reply}"
+    );
+}

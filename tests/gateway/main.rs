@@ -1,0 +1,12 @@
+//! Integration tests: the gateway, echo upstreams and clients on 127.0.0.1, port 0, real HTTP.
+//!
+//! One test binary (cargo links one executable per file under tests/), modules by concern.
+
+mod support;
+
+mod admin;
+mod cli;
+mod forward;
+mod paths;
+mod smuggling;
+mod tls;

@@ -1,0 +1,201 @@
+//! The test harness: an echo upstream and the gateway on 127.0.0.1 port 0, a real HTTP client,
+//! and a raw-socket client for requests a well-behaved client would never send.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use jwtgate::body::{self, Body};
+use jwtgate::config::Config;
+use jwtgate::echo::EchoServer;
+use jwtgate::server::Gateway;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Routes used by most tests; `{echo}` is the echo upstream's name.
+pub(crate) const ROUTES: &str = r#"
+[[routes]]
+path = "/public"
+upstream = "echo"
+public = true
+
+[[routes]]
+path = "/public/stripped"
+upstream = "echo"
+public = true
+strip_prefix = true
+
+[[routes]]
+path = "/get-only"
+methods = ["GET", "HEAD"]
+upstream = "echo"
+public = true
+
+[[routes]]
+path = "/api/orders"
+methods = ["GET", "POST"]
+upstream = "echo"
+groups = ["orders-readers"]
+"#;
+
+/// A gateway in front of one echo upstream.
+pub(crate) struct Harness {
+    pub(crate) gateway: Gateway,
+    pub(crate) echo: EchoServer,
+    client: Client<HttpConnector, Body>,
+}
+
+/// The parts of a response tests look at, with the body read whole.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+impl Reply {
+    /// The body as JSON (the echo's request description, or a refusal).
+    pub(crate) fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+
+    /// A header the echo upstream received, by lower-case name (all values, joined by `|`).
+    pub(crate) fn upstream_header(&self, name: &str) -> Option<String> {
+        let doc = self.json();
+        let values: Vec<String> = doc["headers"]
+            .as_array()
+            .expect("an echo reply")
+            .iter()
+            .filter(|pair| pair[0] == name)
+            .map(|pair| pair[1].as_str().unwrap().to_owned())
+            .collect();
+        (!values.is_empty()).then(|| values.join("|"))
+    }
+}
+
+/// Config text for a gateway in front of `echo`, plus `extra` TOML (routes, upstreams…).
+pub(crate) fn config_text(echo: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+shutdown_grace = "5s"
+
+[okta]
+issuer = "https://id.example/oauth2/test"
+audience = "api://test"
+
+[upstreams.echo]
+targets = ["http://{echo}"]
+timeout = "5s"
+{extra}
+"#
+    )
+}
+
+impl Harness {
+    /// Starts an echo upstream and a gateway with [`ROUTES`].
+    pub(crate) async fn start() -> Harness {
+        Self::with(ROUTES).await
+    }
+
+    /// Starts an echo upstream and a gateway with `extra` config appended.
+    pub(crate) async fn with(extra: &str) -> Harness {
+        let echo = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+        let config = Config::from_toml_str(&config_text(echo.addr(), extra))
+            .unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
+        let gateway = Gateway::start(config).await.unwrap();
+        Harness {
+            gateway,
+            echo,
+            client: client(),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gateway.listen_addr())
+    }
+
+    /// Sends a request built by the test (its URI is a path; the gateway's address is added).
+    pub(crate) async fn send(&self, req: Request<Body>) -> Reply {
+        let (mut parts, b) = req.into_parts();
+        parts.uri = self.url(&parts.uri.to_string()).parse().unwrap();
+        send(&self.client, Request::from_parts(parts, b)).await
+    }
+
+    /// `GET path`.
+    pub(crate) async fn get(&self, path: &str) -> Reply {
+        self.send(Request::get(path).body(body::empty()).unwrap())
+            .await
+    }
+
+    /// Sends raw bytes and returns everything the gateway answered until it closed.
+    pub(crate) async fn raw(&self, request: &[u8]) -> String {
+        raw(self.gateway.listen_addr(), request).await
+    }
+}
+
+/// A plain HTTP/1.1 client.
+pub(crate) fn client() -> Client<HttpConnector, Body> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends `req` and reads the whole response.
+pub(crate) async fn send(client: &Client<HttpConnector, Body>, req: Request<Body>) -> Reply {
+    let response: Response<_> = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .expect("no response within 30s")
+        .expect("request failed");
+    let (parts, b) = response.into_parts();
+    let body = b.collect().await.expect("response body").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Writes `request` to a new connection and reads until the peer closes (or 10s pass).
+pub(crate) async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of the first response in a raw reply.
+pub(crate) fn raw_status(reply: &str) -> u16 {
+    reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {reply:?}"))
+}
+
+/// An upstream that accepts connections and never answers (for 504s).
+pub(crate) async fn silent_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    (addr, task)
+}
+
+/// An address where nothing listens (connections are refused).
+pub(crate) async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}

@@ -1,0 +1,203 @@
+//! TLS termination with a certificate generated in the test: HTTP/1.1 and h2 over TLS, ALPN,
+//! and clear errors for unusable certificate files.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use http::Request;
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use jwtgate::body;
+use jwtgate::config::Config;
+use jwtgate::echo::EchoServer;
+use jwtgate::server::{Gateway, StartError};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+struct Pem {
+    cert: PathBuf,
+    key: PathBuf,
+    der: CertificateDer<'static>,
+}
+
+fn write_cert(dir: &Path, name: &str) -> Pem {
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}.key"));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    Pem {
+        cert,
+        key,
+        der: generated.cert.der().clone(),
+    }
+}
+
+fn tls_config(echo: &EchoServer, cert: &Path, key: &Path) -> Config {
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+tls_cert = "{}"
+tls_key = "{}"
+[upstreams.echo]
+targets = ["http://{}"]
+[[routes]]
+path = "/"
+upstream = "echo"
+public = true
+"#,
+        cert.display(),
+        key.display(),
+        echo.addr()
+    );
+    Config::from_toml_str(&text).unwrap()
+}
+
+async fn connect(
+    gateway: &Gateway,
+    trust: &CertificateDer<'static>,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trust.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = TcpStream::connect(gateway.listen_addr()).await.unwrap();
+    TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn https_with_http_1_1_reaches_the_upstream_marked_as_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = write_cert(dir.path(), "gw");
+    let echo = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let gateway = Gateway::start(tls_config(&echo, &pem.cert, &pem.key))
+        .await
+        .unwrap();
+
+    let tls = connect(&gateway, &pem.der, b"http/1.1").await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let response = send
+        .send_request(
+            Request::get("/hello")
+                .header("host", "localhost")
+                .body(body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let doc: serde_json::Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(doc["path"], "/hello");
+    let proto = doc["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p[0] == "x-forwarded-proto")
+        .map(|p| p[1].clone());
+    assert_eq!(proto, Some("https".into()));
+}
+
+#[tokio::test]
+async fn h2_is_negotiated_by_alpn_and_forwarded_as_http_1_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = write_cert(dir.path(), "gw");
+    let echo = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let gateway = Gateway::start(tls_config(&echo, &pem.cert, &pem.key))
+        .await
+        .unwrap();
+
+    let tls = connect(&gateway, &pem.der, b"h2").await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let response = send
+        .send_request(
+            Request::post("https://localhost/h2/path?x=1")
+                .body(body::full("twelve bytes"))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let doc: serde_json::Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(doc["path"], "/h2/path");
+    assert_eq!(doc["query"], "x=1");
+    assert_eq!(doc["version"], "HTTP/1.1");
+    assert_eq!(doc["body_bytes"], 12);
+    let host = doc["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p[0] == "host")
+        .map(|p| p[1].clone());
+    assert_eq!(host, Some("localhost".into()), "the :authority became Host");
+}
+
+#[tokio::test]
+async fn a_key_that_does_not_match_the_certificate_is_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = write_cert(dir.path(), "a");
+    let b = write_cert(dir.path(), "b");
+    let echo = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let err = Gateway::start(tls_config(&echo, &a.cert, &b.key))
+        .await
+        .unwrap_err();
+    let StartError::Tls(e) = err else {
+        panic!("expected a TLS configuration error, got {err}");
+    };
+    assert_eq!(e.0.key, "server.tls_key");
+    assert!(
+        e.0.reason.contains("cannot be used with the certificate"),
+        "{}",
+        e.0.reason
+    );
+}
+
+#[tokio::test]
+async fn unreadable_or_empty_pem_files_are_configuration_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_cert(dir.path(), "good");
+    let echo = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let missing = dir.path().join("missing.pem");
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+
+    let cases = [
+        (missing.clone(), good.key.clone(), "server.tls_cert"),
+        (empty.clone(), good.key.clone(), "server.tls_cert"),
+        (good.cert.clone(), missing, "server.tls_key"),
+        (good.cert.clone(), empty, "server.tls_key"),
+        // A certificate where the key should be.
+        (good.cert.clone(), good.cert.clone(), "server.tls_key"),
+    ];
+    for (cert, key, want_key) in cases {
+        match Gateway::start(tls_config(&echo, &cert, &key)).await {
+            Err(StartError::Tls(e)) => assert_eq!(e.0.key, want_key, "{cert:?} {key:?}: {e}"),
+            Err(other) => panic!("{cert:?} {key:?}: wrong error {other}"),
+            Ok(_) => panic!("{cert:?} {key:?}: started"),
+        }
+    }
+}
