@@ -7,6 +7,11 @@
 //! Framing towards the upstream is always recomputed by the client from the body itself (hyper
 //! writes `Content-Length` for a body of known size and chunked encoding otherwise), so no
 //! framing header a client sent is ever relayed as is.
+//!
+//! WebSocket upgrades (`GET` with `Upgrade: websocket`) pass through (SPEC §3): the upgrade
+//! headers are kept for the upstream, and once it answers 101 the two connections are joined
+//! byte for byte. Every other upgrade (notably `h2c`, whose pass-through lets a client speak h2
+//! directly to the upstream past the gateway) is stripped like any hop-by-hop header.
 
 pub mod headers;
 pub mod upstream;
@@ -19,10 +24,10 @@ use std::task::{Context, Poll};
 
 use http::header::HOST;
 use http::uri::PathAndQuery;
-use http::{Request, Response, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tower::Service;
 
 use crate::body::{self, Body};
@@ -128,6 +133,7 @@ async fn forward(client: &HttpClient, mut req: Request<Body>) -> Result<Response
         .build()
         .map_err(|_| Reject::Internal)?;
 
+    let websocket = headers::is_websocket_upgrade(&req);
     let host = req
         .headers()
         .get(HOST)
@@ -146,6 +152,10 @@ async fn forward(client: &HttpClient, mut req: Request<Body>) -> Result<Response
     // The client speaks HTTP/1.1 to upstreams whatever the client spoke to us.
     *req.version_mut() = Version::HTTP_11;
     *req.uri_mut() = uri;
+    let client_upgrade = websocket.then(|| {
+        headers::restore_websocket_upgrade(req.headers_mut());
+        hyper::upgrade::on(&mut req)
+    });
 
     let deadline = route.upstream.timeout;
     match tokio::time::timeout(deadline, client.request(req)).await {
@@ -163,11 +173,41 @@ async fn forward(client: &HttpClient, mut req: Request<Body>) -> Result<Response
             );
             Err(Reject::UpstreamFailed)
         }
-        Ok(Ok(response)) => {
+        Ok(Ok(mut response)) => {
+            let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+            if let (Some(client_upgrade), true) = (client_upgrade, switching) {
+                let upstream_upgrade = hyper::upgrade::on(&mut response);
+                tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+                let (mut parts, incoming) = response.into_parts();
+                headers::remove_hop_by_hop(&mut parts.headers);
+                headers::restore_websocket_upgrade(&mut parts.headers);
+                return Ok(Response::from_parts(parts, body::boxed(incoming)));
+            }
             let (mut parts, incoming) = response.into_parts();
             headers::remove_hop_by_hop(&mut parts.headers);
+            if switching {
+                // A 101 nobody asked for cannot be relayed: the client did not offer to switch.
+                tracing::warn!(upstream = %route.upstream.name, %target, "unsolicited 101 from upstream");
+                return Err(Reject::UpstreamFailed);
+            }
             Ok(Response::from_parts(parts, body::boxed(incoming)))
         }
+    }
+}
+
+/// Joins the client's and the upstream's upgraded connections until either side closes.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::join!(client, upstream) {
+        (Ok(c), Ok(u)) => (c, u),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::debug!(error = %e, "websocket upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "websocket tunnel ended with an error");
     }
 }
 

@@ -48,6 +48,31 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether `req` asks for a WebSocket upgrade (RFC 6455 §4.1): an HTTP/1.1 `GET` with
+/// `Connection: upgrade` and `Upgrade: websocket`. No other protocol is passed through.
+pub fn is_websocket_upgrade<B>(req: &http::Request<B>) -> bool {
+    req.method() == http::Method::GET
+        && req.version() == http::Version::HTTP_11
+        && req
+            .headers()
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        && req
+            .headers()
+            .get(UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// Puts back the two headers that carry a WebSocket upgrade across this hop, after
+/// [`remove_hop_by_hop`] removed them with everything else.
+pub fn restore_websocket_upgrade(headers: &mut HeaderMap) {
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+}
+
 /// What the gateway knows about the client connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Origin<'a> {

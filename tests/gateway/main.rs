@@ -10,3 +10,4 @@ mod forward;
 mod paths;
 mod smuggling;
 mod tls;
+mod upgrade;
