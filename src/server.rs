@@ -235,33 +235,10 @@ async fn connection(
 ) {
     let _ = stream.set_nodelay(true);
     let result = match tls {
-        None => {
-            let (stream, framing) = framing::Watched::new(stream);
-            let info = ConnInfo {
-                remote,
-                tls: false,
-                framing,
-                index: 0,
-            };
-            let service = HyperService::new(service, info);
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            watcher.watch(conn.into_owned()).await
-        }
+        None => serve(&builder, stream, remote, false, service, watcher).await,
         Some(acceptor) => {
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => {
-                    let (stream, framing) = framing::Watched::new(stream);
-                    let info = ConnInfo {
-                        remote,
-                        tls: true,
-                        framing,
-                        index: 0,
-                    };
-                    let service = HyperService::new(service, info);
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
-                }
+                Ok(Ok(stream)) => serve(&builder, stream, remote, true, service, watcher).await,
                 Ok(Err(e)) => {
                     tracing::debug!(%remote, error = %e, "TLS handshake failed");
                     return;
@@ -276,6 +253,30 @@ async fn connection(
     if let Err(e) = result {
         tracing::debug!(%remote, error = %e, "connection ended with an error");
     }
+}
+
+/// Serves HTTP/1.1 or h2 on one (plain or TLS) stream until it closes or the drain ends it.
+async fn serve<IO>(
+    builder: &auto::Builder<TokioExecutor>,
+    stream: IO,
+    remote: SocketAddr,
+    tls: bool,
+    service: GatewayService,
+    watcher: Watcher,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (stream, framing) = framing::Watched::new(stream);
+    let info = ConnInfo {
+        remote,
+        tls,
+        framing,
+        index: 0,
+    };
+    let service = HyperService::new(service, info);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    watcher.watch(conn.into_owned()).await
 }
 
 /// Adapts the tower stack to hyper: boxes the body and records the connection's details,
