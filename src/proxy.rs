@@ -185,6 +185,9 @@ async fn forward(client: &HttpClient, mut req: Request<Body>) -> Result<Response
             }
             let (mut parts, incoming) = response.into_parts();
             headers::remove_hop_by_hop(&mut parts.headers);
+            // The upstream's HTTP version is its own hop's; hyper answers the client in the
+            // version of the client's connection.
+            parts.version = Version::HTTP_11;
             if switching {
                 // A 101 nobody asked for cannot be relayed: the client did not offer to switch.
                 tracing::warn!(upstream = %route.upstream.name, %target, "unsolicited 101 from upstream");

@@ -215,3 +215,26 @@ async fn hop_by_hop_headers_of_the_response_are_removed() {
         "{reply}"
     );
 }
+
+#[tokio::test]
+async fn an_http_1_0_upstream_is_answered_in_the_clients_version() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let old = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+        }
+    });
+    let h = Harness::with(&format!(
+        "[upstreams.old]\ntargets = [\"http://{old}\"]\n[[routes]]\npath = \"/old\"\nupstream = \"old\"\npublic = true\n"
+    ))
+    .await;
+    let reply = h
+        .raw(b"GET /old HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.ends_with("ok"), "{reply}");
+}
