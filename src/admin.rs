@@ -9,23 +9,44 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
+use crate::auth::jwks::KeyCache;
 use crate::body::{self, Body};
 
 /// Readiness state shared by the listeners and the admin endpoints.
 #[derive(Debug, Default)]
 pub struct Health {
     draining: AtomicBool,
+    keys: Option<Arc<KeyCache>>,
 }
 
 impl Health {
+    /// Readiness that also waits for `keys` to hold signing keys (SPEC §4), if given.
+    pub fn new(keys: Option<Arc<KeyCache>>) -> Health {
+        Health {
+            draining: AtomicBool::new(false),
+            keys,
+        }
+    }
+
     /// Marks the gateway as draining: `/readyz` turns 503.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
     }
 
-    /// Whether the gateway should receive traffic.
+    /// Whether the gateway should receive traffic: not draining, and signing keys loaded
+    /// when there is an issuer.
     pub fn is_ready(&self) -> bool {
         !self.draining.load(Ordering::Acquire)
+            && self.keys.as_ref().is_none_or(|k| k.current().is_some())
+    }
+
+    /// Why it is not ready, for the `/readyz` body.
+    fn not_ready_reason(&self) -> &'static str {
+        if self.draining.load(Ordering::Acquire) {
+            "draining\n"
+        } else {
+            "signing keys not loaded\n"
+        }
     }
 }
 
@@ -37,7 +58,7 @@ pub fn respond<B>(health: &Arc<Health>, req: &Request<B>) -> Response<Body> {
             (StatusCode::OK, "ready\n")
         }
         (&Method::GET | &Method::HEAD, "/readyz") => {
-            (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            (StatusCode::SERVICE_UNAVAILABLE, health.not_ready_reason())
         }
         (_, "/healthz" | "/readyz") => (StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
         _ => (StatusCode::NOT_FOUND, "not found\n"),

@@ -1,37 +1,148 @@
-//! SPEC §3 step 3: authenticate the caller of a protected route.
+//! SPEC §3 step 3: authenticate the caller of a protected route with its Okta access token.
 //!
-//! Requires `MatchedRoute`. Token validation does not exist yet, so every protected route
-//! **fails closed**: it answers 401 with `WWW-Authenticate: Bearer realm="jwtgate"` and forwards
-//! nothing, whatever the request carries. Public routes pass untouched.
+//! Requires `MatchedRoute` and the `Arc<Snapshot>`; inserts `Arc<Identity>` (the verified
+//! claims) for the layers after it. Public routes pass untouched, whatever they carry.
+//!
+//! The decision is [`validate::parse`] + [`validate::verify`], pure functions; this module
+//! adds the only asynchronous part, one refetch of the keys when a token names an unknown
+//! `kid` ([`jwks::KeyCache::refetch_for`]), and the verified-token cache. Refusals are the 400,
+//! 401 and 503 rows of SPEC §3, with fixed descriptions; neither the token nor a library's
+//! error text is ever logged or returned.
 
-use http::{Request, Response};
-use tower_http::validate_request::{ValidateRequest, ValidateRequestHeaderLayer};
+pub mod bearer;
+pub mod cache;
+pub mod jwks;
+pub mod validate;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use http::{HeaderMap, Request, Response};
+use tower_http::auth::{AsyncAuthorizeRequest, AsyncRequireAuthorizationLayer};
 
 use crate::body::Body;
-use crate::config::Access;
+use crate::config::{Access, Okta};
 use crate::reject::Reject;
 use crate::route::MatchedRoute;
+use crate::snapshot::Snapshot;
+use bearer::BearerError;
+use cache::TokenCache;
+use jwks::KeyCache;
+use validate::{Identity, Policy, Reason};
 
-/// The layer: 401 on protected routes, pass on public ones.
-pub fn layer() -> ValidateRequestHeaderLayer<Authenticate> {
-    ValidateRequestHeaderLayer::custom(Authenticate)
+/// Everything needed to authenticate requests under one configuration.
+#[derive(Debug)]
+pub struct Authenticator {
+    policy: Policy,
+    keys: Arc<KeyCache>,
+    cache: Option<TokenCache>,
+    max_token_bytes: usize,
 }
 
-/// [`ValidateRequest`] implementation behind [`layer`].
+impl Authenticator {
+    /// An authenticator for `okta`, reading keys from `keys`.
+    pub fn new(okta: &Okta, keys: Arc<KeyCache>) -> Authenticator {
+        Authenticator {
+            policy: Policy::new(okta),
+            keys,
+            cache: (okta.token_cache_size > 0).then(|| TokenCache::new(okta.token_cache_size)),
+            max_token_bytes: okta.max_token_bytes,
+        }
+    }
+
+    /// The key cache this authenticator reads.
+    pub fn keys(&self) -> &Arc<KeyCache> {
+        &self.keys
+    }
+
+    /// Authenticates a request from its headers and raw query string at time `now` (seconds
+    /// since the epoch).
+    ///
+    /// # Errors
+    ///
+    /// The [`Reject`] to answer with: `MissingToken`, `InvalidRequest`, `InvalidToken`, or
+    /// `KeysUnavailable` when no key was ever fetched.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        now: u64,
+    ) -> Result<Arc<Identity>, Reject> {
+        let token = bearer::extract(headers, query, self.max_token_bytes).map_err(|e| match e {
+            BearerError::Missing => Reject::MissingToken,
+            BearerError::Misplaced => Reject::InvalidRequest,
+            BearerError::Invalid(reason) => Reject::InvalidToken(reason),
+        })?;
+        let Some(mut keys) = self.keys.current() else {
+            return Err(Reject::KeysUnavailable);
+        };
+        if let Some(identity) = self
+            .cache
+            .as_ref()
+            .and_then(|c| c.get(token, keys.generation, now))
+        {
+            return Ok(identity);
+        }
+        let parsed = validate::parse(token, &self.policy).map_err(Reject::InvalidToken)?;
+        let mut verified = validate::verify(&parsed, &keys, &self.policy, now);
+        if verified == Err(Reason::UnknownKey)
+            && let Some(fresh) = self.keys.refetch_for(&parsed.kid).await
+        {
+            keys = fresh;
+            verified = validate::verify(&parsed, &keys, &self.policy, now);
+        }
+        let identity = Arc::new(verified.map_err(Reject::InvalidToken)?);
+        if let Some(cache) = &self.cache {
+            cache.insert(token, keys.generation, identity.clone());
+        }
+        Ok(identity)
+    }
+}
+
+/// The layer: 400/401/503 on protected routes, `Arc<Identity>` inserted on success.
+pub fn layer() -> AsyncRequireAuthorizationLayer<Authenticate> {
+    AsyncRequireAuthorizationLayer::new(Authenticate)
+}
+
+/// [`AsyncAuthorizeRequest`] implementation behind [`layer`].
 #[derive(Debug, Clone, Copy)]
 pub struct Authenticate;
 
-impl<B> ValidateRequest<B> for Authenticate {
+impl<B: Send + 'static> AsyncAuthorizeRequest<B> for Authenticate {
+    type RequestBody = B;
     type ResponseBody = Body;
+    type Future = Pin<Box<dyn Future<Output = Result<Request<B>, Response<Body>>> + Send>>;
 
-    fn validate(&mut self, req: &mut Request<B>) -> Result<(), Response<Body>> {
-        match req.extensions().get::<MatchedRoute>() {
-            Some(MatchedRoute(r)) if r.route.access == Access::Public => Ok(()),
-            Some(_) => Err(Reject::MissingToken.into_response()),
-            None => {
-                tracing::error!("auth layer reached without a matched route");
-                Err(Reject::Internal.into_response())
+    fn authorize(&mut self, mut req: Request<B>) -> Self::Future {
+        Box::pin(async move {
+            let (Some(MatchedRoute(route)), Some(snapshot)) = (
+                req.extensions().get::<MatchedRoute>(),
+                req.extensions().get::<Arc<Snapshot>>(),
+            ) else {
+                tracing::error!("auth layer reached without a matched route or snapshot");
+                return Err(Reject::Internal.into_response());
+            };
+            if route.route.access == Access::Public {
+                return Ok(req);
             }
-        }
+            let Some(auth) = snapshot.auth.clone() else {
+                // A protected route without [okta] does not validate; fail closed regardless.
+                return Err(Reject::KeysUnavailable.into_response());
+            };
+            let outcome = auth
+                .authenticate(req.headers(), req.uri().query(), validate::unix_now())
+                .await;
+            match outcome {
+                Ok(identity) => {
+                    req.extensions_mut().insert(identity);
+                    Ok(req)
+                }
+                Err(reject) => {
+                    tracing::debug!(refusal = %reject.description(), "authentication refused");
+                    Err(reject.into_response())
+                }
+            }
+        })
     }
 }

@@ -88,6 +88,8 @@ pub struct Okta {
     pub max_token_bytes: usize,
     /// Allow-list for the `cid` claim, if set.
     pub client_ids: Option<Vec<String>>,
+    /// How many verified tokens are remembered (default 10,000; 0 turns the cache off).
+    pub token_cache_size: usize,
 }
 
 /// A JWS algorithm jwtgate is willing to verify: RSA signatures only (OKTA.md §0.1).

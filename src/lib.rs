@@ -13,13 +13,14 @@
 //! - [`snapshot`]: one configuration compiled for serving, swapped whole on reload.
 //! - [`normalize`]: path normalisation and framing checks (400).
 //! - [`route`]: segment-boundary longest-prefix matching (404, 405).
-//! - [`auth`]: authentication of protected routes (401); fails closed for now.
+//! - [`auth`]: Okta access-token validation for protected routes (400, 401, 503).
 //! - [`proxy`]: forwarding, header hygiene, upstream pools (502, 504).
 //! - [`reject`]: every refusal and its response.
 //! - [`stack`]: the layer order.
 //! - [`server`]: listeners, TLS, connections, drain.
 //! - [`admin`]: `/healthz`, `/readyz`.
 //! - [`echo`]: an echo upstream for the demo and the tests.
+//! - [`issuer`]: a local Okta-compatible issuer for the demo, the tests and the benches.
 //! - [`cli`]: the command line and exit codes.
 
 pub mod config;
@@ -34,6 +35,7 @@ pub mod admin;
 pub mod body;
 pub mod cli;
 pub mod echo;
+pub mod issuer;
 pub mod reject;
 pub mod server;
 pub mod stack;

@@ -7,6 +7,7 @@
 use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
+use crate::auth::validate::Reason;
 use crate::body::{self, Body};
 use crate::normalize::BadPath;
 
@@ -25,9 +26,15 @@ pub enum Reject {
         /// Value of the `Allow` header.
         allow: HeaderValue,
     },
-    /// 401: a protected route and no bearer token (or, until token validation exists, any
-    /// request to a protected route: protected routes fail closed).
+    /// 401: a protected route and no `Authorization: Bearer` header.
     MissingToken,
+    /// 400: several credentials (two `Authorization` lines, or an `access_token` parameter);
+    /// RFC 6750 §3.1 `invalid_request`.
+    InvalidRequest,
+    /// 401: the token was refused, for this reason.
+    InvalidToken(Reason),
+    /// 503: no signing key could be fetched yet; public routes keep working.
+    KeysUnavailable,
     /// 502: the upstream refused the connection, reset it, or sent a broken response.
     UpstreamFailed,
     /// 504: the upstream did not send response headers within the route's `timeout`.
@@ -40,6 +47,11 @@ impl Reject {
     /// The HTTP status of this refusal.
     pub fn status(&self) -> StatusCode {
         self.parts().0
+    }
+
+    /// The fixed `error_description`, safe to log.
+    pub fn description(&self) -> &'static str {
+        self.parts().2
     }
 
     /// Status, `error` code and fixed description.
@@ -65,6 +77,21 @@ impl Reject {
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "a bearer token is required",
+            ),
+            Reject::InvalidRequest => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "exactly one bearer token, in the Authorization header",
+            ),
+            Reject::InvalidToken(reason) => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                reason.description(),
+            ),
+            Reject::KeysUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "signing keys are not available yet",
             ),
             Reject::UpstreamFailed => (
                 StatusCode::BAD_GATEWAY,
@@ -100,10 +127,26 @@ impl Reject {
                     HeaderValue::from_static(r#"Bearer realm="jwtgate""#),
                 );
             }
+            Reject::InvalidRequest => {
+                headers.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer realm="jwtgate", error="invalid_request""#),
+                );
+            }
+            Reject::InvalidToken(_) => {
+                // The description is a fixed ASCII string without quotes (see Reason).
+                let value = format!(
+                    r#"Bearer realm="jwtgate", error="invalid_token", error_description="{description}""#
+                );
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    headers.insert(WWW_AUTHENTICATE, v);
+                }
+            }
             Reject::MethodNotAllowed { allow } => {
                 headers.insert(ALLOW, allow);
             }
             Reject::BadPath(_)
+            | Reject::KeysUnavailable
             | Reject::BadFraming
             | Reject::NoRoute
             | Reject::UpstreamFailed
@@ -137,6 +180,9 @@ mod tests {
                 405,
             ),
             (Reject::MissingToken, 401),
+            (Reject::InvalidRequest, 400),
+            (Reject::InvalidToken(Reason::Expired), 401),
+            (Reject::KeysUnavailable, 503),
             (Reject::UpstreamFailed, 502),
             (Reject::UpstreamTimeout, 504),
             (Reject::Internal, 500),
@@ -159,5 +205,24 @@ mod tests {
         }
         .into_response();
         assert_eq!(r.headers()[ALLOW], "GET, POST");
+    }
+
+    #[tokio::test]
+    async fn every_token_refusal_says_invalid_token_with_its_fixed_description() {
+        for reason in Reason::ALL {
+            let r = Reject::InvalidToken(reason).into_response();
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+            let www = r.headers()[WWW_AUTHENTICATE].to_str().unwrap().to_owned();
+            assert_eq!(
+                www,
+                format!(
+                    r#"Bearer realm="jwtgate", error="invalid_token", error_description="{}""#,
+                    reason.description()
+                )
+            );
+            let body: serde_json::Value = serde_json::from_str(&body_of(r).await).unwrap();
+            assert_eq!(body["error"], "invalid_token");
+            assert_eq!(body["error_description"], reason.description());
+        }
     }
 }

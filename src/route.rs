@@ -154,7 +154,7 @@ mod tests {
             "[server]\nlisten = \"127.0.0.1:0\"\n[okta]\nissuer = \"https://id.example/oauth2/x\"\naudience = \"api://x\"\n[upstreams.u]\ntargets = [\"http://127.0.0.1:1\"]\n{toml_routes}"
         );
         let config = Config::from_toml_str(&text).unwrap();
-        Snapshot::new(Arc::new(config)).routes
+        Snapshot::new(Arc::new(config), None).routes
     }
 
     fn found(t: &RouteTable, m: &Method, p: &str) -> Result<String, Reject> {

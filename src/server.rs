@@ -27,6 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
 use crate::admin::{self, Health};
+use crate::auth::jwks::KeyCache;
 use crate::body;
 use crate::config::Config;
 use crate::proxy::{self, upstream::ConnectTimeouts};
@@ -78,6 +79,7 @@ pub struct Gateway {
     shutdown: watch::Sender<bool>,
     proxy_task: JoinHandle<()>,
     admin_task: Option<JoinHandle<()>>,
+    refresh_task: Option<JoinHandle<()>>,
 }
 
 impl Gateway {
@@ -93,10 +95,15 @@ impl Gateway {
         let admin_addr = config.server.admin_listen;
 
         let timeouts = ConnectTimeouts::default();
-        let snapshot = Snapshot::new(Arc::new(config));
+        let client = proxy::client(timeouts.clone())?;
+        let keys = config
+            .okta
+            .as_ref()
+            .map(|okta| KeyCache::new(okta, client.clone()));
+        let refresh_task = keys.as_ref().map(KeyCache::spawn_refresh);
+        let snapshot = Snapshot::new(Arc::new(config), keys.clone());
         timeouts.install(snapshot.upstreams.values().map(AsRef::as_ref));
         let live: Live = Arc::new(ArcSwap::from_pointee(snapshot));
-        let client = proxy::client(timeouts)?;
         let service = stack::build(live.clone(), client);
 
         let listener = bind(listen_addr).await?;
@@ -104,7 +111,7 @@ impl Gateway {
             addr: listen_addr,
             source,
         })?;
-        let health = Arc::new(Health::default());
+        let health = Arc::new(Health::new(keys));
         let (admin, admin_task) = match admin_addr {
             Some(addr) => {
                 let l = bind(addr).await?;
@@ -137,6 +144,7 @@ impl Gateway {
             shutdown,
             proxy_task,
             admin_task,
+            refresh_task,
         })
     }
 
@@ -167,6 +175,9 @@ impl Gateway {
         }
         if let Some(admin) = self.admin_task {
             admin.abort();
+        }
+        if let Some(refresh) = self.refresh_task {
+            refresh.abort();
         }
     }
 }

@@ -11,6 +11,8 @@ use arc_swap::ArcSwap;
 use http::Request;
 use tower::util::MapRequestLayer;
 
+use crate::auth::Authenticator;
+use crate::auth::jwks::KeyCache;
 use crate::config::Config;
 use crate::proxy::upstream::UpstreamPool;
 use crate::route::{CompiledRoute, RouteTable};
@@ -24,14 +26,17 @@ pub struct Snapshot {
     pub routes: RouteTable,
     /// Upstreams by name.
     pub upstreams: BTreeMap<String, Arc<UpstreamPool>>,
+    /// Token checks for protected routes; `None` without `[okta]`.
+    pub auth: Option<Arc<Authenticator>>,
 }
 
 /// The configuration in force; swapped whole on reload.
 pub type Live = Arc<ArcSwap<Snapshot>>;
 
 impl Snapshot {
-    /// Compiles a validated configuration.
-    pub fn new(config: Arc<Config>) -> Snapshot {
+    /// Compiles a validated configuration; `keys` holds the signing keys of its `[okta]`
+    /// issuer (kept by the caller so that they outlive a reload).
+    pub fn new(config: Arc<Config>, keys: Option<Arc<KeyCache>>) -> Snapshot {
         let upstreams: BTreeMap<String, Arc<UpstreamPool>> = config
             .upstreams
             .iter()
@@ -43,10 +48,15 @@ impl Snapshot {
                 upstream: upstreams[&r.upstream].clone(),
             })
         }));
+        let auth = match (&config.okta, keys) {
+            (Some(okta), Some(keys)) => Some(Arc::new(Authenticator::new(okta, keys))),
+            _ => None,
+        };
         Snapshot {
             config,
             routes,
             upstreams,
+            auth,
         }
     }
 }

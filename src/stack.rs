@@ -41,28 +41,29 @@ pub fn build(live: Live, client: HttpClient) -> GatewayService {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::time::Duration;
 
     use arc_swap::ArcSwap;
     use http::{Method, StatusCode};
     use tower::ServiceExt as _;
 
     use super::*;
+    use crate::auth::jwks::KeyCache;
     use crate::body;
     use crate::config::Config;
+    use crate::issuer::{Issuer, IssuerConfig, User};
     use crate::proxy::upstream::ConnectTimeouts;
     use crate::snapshot::Snapshot;
 
-    /// One request per SPEC §3 row this stack answers, through the real layer order.
-    #[tokio::test]
-    async fn each_spec_row_gets_its_status_through_the_whole_stack() {
+    async fn stack(issuer: &str, fetch_keys: bool) -> GatewayService {
         // Port 1 on loopback: nothing listens there, so connecting is refused.
-        let config = Config::from_toml_str(
+        let config = Config::from_toml_str(&format!(
             r#"
             [server]
             listen = "127.0.0.1:0"
             [okta]
-            issuer = "https://id.example/oauth2/x"
-            audience = "api://x"
+            issuer = "{issuer}"
+            audience = "api://test"
             [upstreams.nowhere]
             targets = ["http://127.0.0.1:1"]
             [[routes]]
@@ -73,31 +74,106 @@ mod tests {
             [[routes]]
             path = "/private"
             upstream = "nowhere"
-            "#,
-        )
+            "#
+        ))
         .unwrap();
         let timeouts = ConnectTimeouts::default();
-        let snapshot = Snapshot::new(Arc::new(config));
-        timeouts.install(snapshot.upstreams.values().map(AsRef::as_ref));
-        let live: Live = Arc::new(ArcSwap::from_pointee(snapshot));
-        let stack = build(live, crate::proxy::client(timeouts).unwrap());
-
-        let rows = [
-            (Method::GET, "/public/%2Fetc", StatusCode::BAD_REQUEST),
-            (Method::GET, "/../public", StatusCode::BAD_REQUEST),
-            (Method::GET, "/elsewhere", StatusCode::NOT_FOUND),
-            (Method::POST, "/public", StatusCode::METHOD_NOT_ALLOWED),
-            (Method::GET, "/private", StatusCode::UNAUTHORIZED),
-            (Method::GET, "/public/x", StatusCode::BAD_GATEWAY),
-        ];
-        for (method, path, want) in rows {
-            let req = http::Request::builder()
-                .method(method.clone())
-                .uri(path)
-                .body(body::empty())
-                .unwrap();
-            let response = stack.clone().oneshot(req).await.unwrap();
-            assert_eq!(response.status(), want, "{method} {path}");
+        let client = crate::proxy::client(timeouts.clone()).unwrap();
+        let keys = KeyCache::new(config.okta.as_ref().unwrap(), client.clone());
+        if fetch_keys {
+            keys.fetch().await.unwrap();
         }
+        let snapshot = Snapshot::new(Arc::new(config), Some(keys));
+        timeouts.install(snapshot.upstreams.values().map(AsRef::as_ref));
+        build(Arc::new(ArcSwap::from_pointee(snapshot)), client)
+    }
+
+    async fn status(
+        stack: &GatewayService,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> StatusCode {
+        let mut req = http::Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let response = stack
+            .clone()
+            .oneshot(req.body(body::empty()).unwrap())
+            .await
+            .unwrap();
+        response.status()
+    }
+
+    /// One request per SPEC §3 row this stack answers, through the real layer order.
+    #[tokio::test]
+    async fn each_spec_row_gets_its_status_through_the_whole_stack() {
+        let issuer = Issuer::start(
+            ([127, 0, 0, 1], 0).into(),
+            IssuerConfig {
+                auth_server_id: "test".into(),
+                audience: "api://test".into(),
+                token_lifetime: Duration::from_secs(600),
+                users: vec![User {
+                    name: "alice".into(),
+                    password: "pw".into(),
+                    groups: vec![],
+                }],
+                clients: vec![],
+            },
+        )
+        .await
+        .unwrap();
+        let s = stack(issuer.issuer_url(), true).await;
+        let good = issuer.token_for_user("alice");
+        let rows = [
+            (Method::GET, "/public/%2Fetc", None, StatusCode::BAD_REQUEST),
+            (Method::GET, "/../public", None, StatusCode::BAD_REQUEST),
+            (Method::GET, "/elsewhere", None, StatusCode::NOT_FOUND),
+            (
+                Method::POST,
+                "/public",
+                None,
+                StatusCode::METHOD_NOT_ALLOWED,
+            ),
+            (Method::GET, "/private", None, StatusCode::UNAUTHORIZED),
+            (
+                Method::GET,
+                "/private",
+                Some("a.b.c"),
+                StatusCode::UNAUTHORIZED,
+            ),
+            (
+                Method::GET,
+                "/private?access_token=x",
+                Some(good.as_str()),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                Method::GET,
+                "/private",
+                Some(good.as_str()),
+                StatusCode::BAD_GATEWAY,
+            ),
+            (Method::GET, "/public/x", None, StatusCode::BAD_GATEWAY),
+        ];
+        for (method, path, token, want) in rows {
+            assert_eq!(
+                status(&s, method.clone(), path, token).await,
+                want,
+                "{method} {path}"
+            );
+        }
+        // No key ever fetched: protected routes answer 503, public ones still work.
+        let cold = stack(issuer.issuer_url(), false).await;
+        assert_eq!(
+            status(&cold, Method::GET, "/private", Some(&good)).await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(&cold, Method::GET, "/public/x", None).await,
+            StatusCode::BAD_GATEWAY
+        );
     }
 }

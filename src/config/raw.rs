@@ -51,6 +51,7 @@ pub(crate) struct RawOkta {
     pub(crate) jwks_refetch_cooldown: Option<Text>,
     pub(crate) max_token_bytes: Option<Spanned<i64>>,
     pub(crate) client_ids: Option<List>,
+    pub(crate) token_cache_size: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

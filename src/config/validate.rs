@@ -35,6 +35,7 @@ const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(15 * 60);
 const DEFAULT_REFETCH_COOLDOWN: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_TOKEN_BYTES: usize = 8192;
 const MAX_TOKEN_BYTES_RANGE: std::ops::RangeInclusive<i64> = 512..=65536;
+const DEFAULT_TOKEN_CACHE_SIZE: usize = 10_000;
 const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
 const DEFAULT_REDIS_PREFIX: &str = "jwtgate:";
 
@@ -375,6 +376,18 @@ impl Validator<'_> {
             .client_ids
             .as_ref()
             .map(|l| self.names("okta.client_ids", l, "a client id"));
+        let token_cache_size = match &raw.token_cache_size {
+            Some(n) if (0..=10_000_000).contains(n.get_ref()) => *n.get_ref() as usize,
+            Some(n) => {
+                self.push(
+                    Some(n.span()),
+                    "okta.token_cache_size",
+                    format!("must be between 0 and 10000000, got {}", n.get_ref()),
+                );
+                DEFAULT_TOKEN_CACHE_SIZE
+            }
+            None => DEFAULT_TOKEN_CACHE_SIZE,
+        };
         Okta {
             issuer,
             audiences,
@@ -387,6 +400,7 @@ impl Validator<'_> {
             jwks_refetch_cooldown,
             max_token_bytes,
             client_ids,
+            token_cache_size,
         }
     }
 
