@@ -146,3 +146,92 @@ impl<B: Send + 'static> AsyncAuthorizeRequest<B> for Authenticate {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::HeaderValue;
+    use http::header::AUTHORIZATION;
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::issuer::{Issuer, IssuerConfig};
+    use crate::proxy::upstream::ConnectTimeouts;
+
+    async fn authenticator(issuer: &Issuer, okta_extra: &str) -> Authenticator {
+        let config = Config::from_toml_str(&format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[okta]\nissuer = \"{}\"\naudience = \"api://test\"\n{okta_extra}\n",
+            issuer.issuer_url()
+        ))
+        .unwrap();
+        let okta = config.okta.unwrap();
+        let keys = KeyCache::new(&okta, crate::proxy::client(ConnectTimeouts::default()).unwrap());
+        keys.fetch().await.unwrap();
+        Authenticator::new(&okta, keys)
+    }
+
+    fn bearer(token: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
+        h
+    }
+
+    async fn issuer() -> Issuer {
+        Issuer::start(
+            ([127, 0, 0, 1], 0).into(),
+            IssuerConfig {
+                auth_server_id: "t".into(),
+                audience: "api://test".into(),
+                token_lifetime: Duration::from_secs(60),
+                users: vec![],
+                clients: vec![],
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    fn claims(issuer: &Issuer, iat: u64, exp: u64) -> serde_json::Value {
+        json!({"iss": issuer.issuer_url(), "aud": "api://test", "sub": "alice", "iat": iat, "exp": exp})
+    }
+
+    #[tokio::test]
+    async fn the_cache_never_serves_a_token_at_or_after_its_exp() {
+        let issuer = issuer().await;
+        let auth = authenticator(&issuer, "leeway = \"0s\"").await;
+        let (iat, exp) = (1_800_000_000, 1_800_000_060);
+        let headers = bearer(&issuer.sign(&claims(&issuer, iat, exp)));
+        assert!(auth.authenticate(&headers, None, exp - 1).await.is_ok());
+        assert_eq!(auth.cache.as_ref().unwrap().len(), 1, "verified and cached");
+        assert_eq!(
+            auth.authenticate(&headers, None, exp).await,
+            Err(Reject::InvalidToken(Reason::Expired))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cache_hit_still_honours_the_leeway_window_through_full_verification() {
+        let issuer = issuer().await;
+        let auth = authenticator(&issuer, "leeway = \"30s\"").await;
+        let (iat, exp) = (1_800_000_000, 1_800_000_060);
+        let headers = bearer(&issuer.sign(&claims(&issuer, iat, exp)));
+        assert!(auth.authenticate(&headers, None, exp - 1).await.is_ok());
+        // Past exp the cache misses; verification accepts inside the leeway, then refuses.
+        assert!(auth.authenticate(&headers, None, exp + 29).await.is_ok());
+        assert_eq!(
+            auth.authenticate(&headers, None, exp + 30).await,
+            Err(Reject::InvalidToken(Reason::Expired))
+        );
+    }
+
+    #[tokio::test]
+    async fn with_the_cache_off_every_request_is_verified() {
+        let issuer = issuer().await;
+        let auth = authenticator(&issuer, "token_cache_size = 0").await;
+        assert!(auth.cache.is_none());
+        let headers = bearer(&issuer.sign(&claims(&issuer, 1_800_000_000, 1_800_000_060)));
+        assert!(auth.authenticate(&headers, None, 1_800_000_001).await.is_ok());
+    }
+}

@@ -365,3 +365,69 @@ fn strip_leading_zeros(b: &[u8]) -> &[u8] {
 fn modulus_bits(n: &[u8]) -> usize {
     n.len() * 8 - n[0].leading_zeros() as usize
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rsa_jwk(kid: &str, bits: usize, e: &[u8]) -> Value {
+        // A modulus of exactly `bits` bits: a leading one bit, the rest arbitrary.
+        let mut n = vec![0x5au8; bits / 8];
+        n[0] = 0x80;
+        json!({"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256",
+               "n": URL_SAFE_NO_PAD.encode(&n), "e": URL_SAFE_NO_PAD.encode(e)})
+    }
+
+    fn parse(keys: Vec<Value>) -> Result<Vec<String>, String> {
+        let bytes = serde_json::to_vec(&json!({ "keys": keys })).unwrap();
+        let mut kids: Vec<String> = parse_jwks(&bytes, &[Algorithm::RS256])?
+            .into_keys()
+            .collect();
+        kids.sort();
+        Ok(kids)
+    }
+
+    #[test]
+    fn only_strong_rsa_signing_keys_with_a_unique_kid_are_kept() {
+        let mut enc = rsa_jwk("enc", 2048, &[1, 0, 1]);
+        enc["use"] = json!("enc");
+        let mut hs = rsa_jwk("hs", 2048, &[1, 0, 1]);
+        hs["alg"] = json!("HS256");
+        let mut no_alg = rsa_jwk("no-alg", 2048, &[1, 0, 1]);
+        no_alg.as_object_mut().unwrap().remove("alg");
+        let keys = vec![
+            rsa_jwk("good", 2048, &[1, 0, 1]),
+            rsa_jwk("big", 4096, &[1, 0, 1]),
+            no_alg,
+            rsa_jwk("weak", 1024, &[1, 0, 1]),
+            rsa_jwk("e3", 2048, &[3]),
+            rsa_jwk("twice", 2048, &[1, 0, 1]),
+            rsa_jwk("twice", 2048, &[1, 0, 1]),
+            enc,
+            hs,
+            json!({"kty": "oct", "kid": "oct", "k": "c2VjcmV0"}),
+            json!({"kty": "EC", "kid": "ec", "crv": "P-256", "x": "AAAA", "y": "AAAA"}),
+            json!({"kty": "RSA", "kid": "bad b64", "n": "!!!", "e": "AQAB"}),
+            json!({"kty": "RSA", "n": "AQAB", "e": "AQAB"}),
+            json!("not an object"),
+        ];
+        assert_eq!(parse(keys).unwrap(), ["big", "good", "no-alg"]);
+    }
+
+    #[test]
+    fn a_jwks_without_a_usable_key_is_an_error() {
+        assert!(parse(vec![rsa_jwk("weak", 1024, &[1, 0, 1])]).is_err());
+        assert!(parse(vec![]).is_err());
+        assert!(parse_jwks(b"{\"keys\": 5}", &[Algorithm::RS256]).is_err());
+        assert!(parse_jwks(b"<html>", &[Algorithm::RS256]).is_err());
+    }
+
+    #[test]
+    fn no_more_than_twenty_keys_are_kept() {
+        let keys = (0..50)
+            .map(|i| rsa_jwk(&format!("k{i}"), 2048, &[1, 0, 1]))
+            .collect();
+        assert_eq!(parse(keys).unwrap().len(), MAX_KEYS);
+    }
+}

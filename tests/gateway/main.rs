@@ -5,8 +5,11 @@
 mod support;
 
 mod admin;
+mod auth;
 mod cli;
 mod forward;
+mod jwt_attacks;
+mod keys;
 mod paths;
 mod smuggling;
 mod tls;

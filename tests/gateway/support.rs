@@ -13,6 +13,7 @@ use hyper_util::rt::TokioExecutor;
 use jwtgate::body::{self, Body};
 use jwtgate::config::Config;
 use jwtgate::echo::EchoServer;
+use jwtgate::issuer::{Client as OAuthClient, Issuer, IssuerConfig, User};
 use jwtgate::server::Gateway;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -43,10 +44,11 @@ upstream = "echo"
 groups = ["orders-readers"]
 "#;
 
-/// A gateway in front of one echo upstream.
+/// A gateway in front of one echo upstream, trusting one local issuer.
 pub(crate) struct Harness {
     pub(crate) gateway: Gateway,
     pub(crate) echo: EchoServer,
+    pub(crate) issuer: Issuer,
     client: Client<HttpConnector, Body>,
 }
 
@@ -79,7 +81,8 @@ impl Reply {
     }
 }
 
-/// Config text for a gateway in front of `echo`, plus `extra` TOML (routes, upstreams…).
+/// Config text for a gateway in front of `echo` with public routes only (no `[okta]`), plus
+/// `extra` TOML (routes, upstreams…).
 pub(crate) fn config_text(echo: SocketAddr, extra: &str) -> String {
     format!(
         r#"
@@ -88,9 +91,33 @@ listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 shutdown_grace = "5s"
 
+[upstreams.echo]
+targets = ["http://{echo}"]
+timeout = "5s"
+{extra}
+"#
+    )
+}
+
+/// Config text for a gateway in front of `echo` trusting `issuer`; `okta_extra` is added to
+/// `[okta]` and `extra` at the end.
+pub(crate) fn config_with_issuer(
+    echo: SocketAddr,
+    issuer: &str,
+    okta_extra: &str,
+    extra: &str,
+) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+shutdown_grace = "5s"
+
 [okta]
-issuer = "https://id.example/oauth2/test"
+issuer = "{issuer}"
 audience = "api://test"
+{okta_extra}
 
 [upstreams.echo]
 targets = ["http://{echo}"]
@@ -98,6 +125,57 @@ timeout = "5s"
 {extra}
 "#
     )
+}
+
+/// The users and clients of the test issuer.
+pub(crate) fn issuer_config() -> IssuerConfig {
+    let user = |name: &str, groups: &[&str]| User {
+        name: name.into(),
+        password: format!("{name}-password"),
+        groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+    };
+    IssuerConfig {
+        auth_server_id: "test".into(),
+        audience: "api://test".into(),
+        token_lifetime: Duration::from_secs(3600),
+        users: vec![
+            user("alice", &["orders-readers"]),
+            user("bob", &["admins", "orders-readers"]),
+            user("nobody", &[]),
+        ],
+        clients: vec![OAuthClient {
+            id: "test-client".into(),
+            secret: "test-secret".into(),
+            scopes: vec!["orders:read".into(), "orders:write".into()],
+        }],
+    }
+}
+
+/// Starts a local issuer on 127.0.0.1, port 0.
+pub(crate) async fn start_issuer() -> Issuer {
+    Issuer::start(([127, 0, 0, 1], 0).into(), issuer_config())
+        .await
+        .unwrap()
+}
+
+/// Polls `/readyz` until it answers 200 (the first key fetch runs in the background).
+pub(crate) async fn wait_ready(gateway: &Gateway) {
+    let admin = gateway.admin_addr().expect("an admin listener");
+    let c = client();
+    for _ in 0..1000 {
+        let r = send(
+            &c,
+            Request::get(format!("http://{admin}/readyz"))
+                .body(body::empty())
+                .unwrap(),
+        )
+        .await;
+        if r.status == StatusCode::OK {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the gateway never became ready");
 }
 
 impl Harness {
@@ -108,15 +186,41 @@ impl Harness {
 
     /// Starts an echo upstream and a gateway with `extra` config appended.
     pub(crate) async fn with(extra: &str) -> Harness {
+        Self::configured("", extra).await
+    }
+
+    /// Starts an issuer, an echo upstream and a gateway with `okta_extra` added to `[okta]`
+    /// and `extra` appended; returns once the gateway holds signing keys.
+    pub(crate) async fn configured(okta_extra: &str, extra: &str) -> Harness {
+        let issuer = start_issuer().await;
         let echo = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
-        let config = Config::from_toml_str(&config_text(echo.addr(), extra))
-            .unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
+        let text = config_with_issuer(echo.addr(), issuer.issuer_url(), okta_extra, extra);
+        let config =
+            Config::from_toml_str(&text).unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
         let gateway = Gateway::start(config).await.unwrap();
+        wait_ready(&gateway).await;
         Harness {
             gateway,
             echo,
+            issuer,
             client: client(),
         }
+    }
+
+    /// A fresh token for `user` from the harness issuer.
+    pub(crate) fn token(&self, user: &str) -> String {
+        self.issuer.token_for_user(user)
+    }
+
+    /// `GET path` with `Authorization: Bearer token`.
+    pub(crate) async fn get_with(&self, path: &str, token: &str) -> Reply {
+        self.send(
+            Request::get(path)
+                .header("authorization", format!("Bearer {token}"))
+                .body(body::empty())
+                .unwrap(),
+        )
+        .await
     }
 
     /// `http://127.0.0.1:PORT{path}`.
