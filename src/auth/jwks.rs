@@ -379,7 +379,7 @@ mod tests {
                "n": URL_SAFE_NO_PAD.encode(&n), "e": URL_SAFE_NO_PAD.encode(e)})
     }
 
-    fn parse(keys: Vec<Value>) -> Result<Vec<String>, String> {
+    fn parse(keys: &[Value]) -> Result<Vec<String>, String> {
         let bytes = serde_json::to_vec(&json!({ "keys": keys })).unwrap();
         let mut kids: Vec<String> = parse_jwks(&bytes, &[Algorithm::RS256])?
             .into_keys()
@@ -412,22 +412,22 @@ mod tests {
             json!({"kty": "RSA", "n": "AQAB", "e": "AQAB"}),
             json!("not an object"),
         ];
-        assert_eq!(parse(keys).unwrap(), ["big", "good", "no-alg"]);
+        assert_eq!(parse(&keys).unwrap(), ["big", "good", "no-alg"]);
     }
 
     #[test]
     fn a_jwks_without_a_usable_key_is_an_error() {
-        assert!(parse(vec![rsa_jwk("weak", 1024, &[1, 0, 1])]).is_err());
-        assert!(parse(vec![]).is_err());
+        assert!(parse(&[rsa_jwk("weak", 1024, &[1, 0, 1])]).is_err());
+        assert!(parse(&[]).is_err());
         assert!(parse_jwks(b"{\"keys\": 5}", &[Algorithm::RS256]).is_err());
         assert!(parse_jwks(b"<html>", &[Algorithm::RS256]).is_err());
     }
 
     #[test]
     fn no_more_than_twenty_keys_are_kept() {
-        let keys = (0..50)
+        let keys: Vec<Value> = (0..50)
             .map(|i| rsa_jwk(&format!("k{i}"), 2048, &[1, 0, 1]))
             .collect();
-        assert_eq!(parse(keys).unwrap().len(), MAX_KEYS);
+        assert_eq!(parse(&keys).unwrap().len(), MAX_KEYS);
     }
 }
