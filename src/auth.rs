@@ -167,14 +167,20 @@ mod tests {
         ))
         .unwrap();
         let okta = config.okta.unwrap();
-        let keys = KeyCache::new(&okta, crate::proxy::client(ConnectTimeouts::default()).unwrap());
+        let keys = KeyCache::new(
+            &okta,
+            crate::proxy::client(ConnectTimeouts::default()).unwrap(),
+        );
         keys.fetch().await.unwrap();
         Authenticator::new(&okta, keys)
     }
 
     fn bearer(token: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
         h
     }
 
@@ -232,6 +238,10 @@ mod tests {
         let auth = authenticator(&issuer, "token_cache_size = 0").await;
         assert!(auth.cache.is_none());
         let headers = bearer(&issuer.sign(&claims(&issuer, 1_800_000_000, 1_800_000_060)));
-        assert!(auth.authenticate(&headers, None, 1_800_000_001).await.is_ok());
+        assert!(
+            auth.authenticate(&headers, None, 1_800_000_001)
+                .await
+                .is_ok()
+        );
     }
 }
