@@ -14,6 +14,7 @@
 //! - [`normalize`]: path normalisation and framing checks (400).
 //! - [`route`]: segment-boundary longest-prefix matching (404, 405).
 //! - [`auth`]: Okta access-token validation for protected routes (400, 401, 503).
+//! - [`authz`]: route groups and scopes (403).
 //! - [`proxy`]: forwarding, header hygiene, upstream pools (502, 504).
 //! - [`reject`]: every refusal and its response.
 //! - [`stack`]: the layer order.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod snapshot;
 
 pub mod auth;
+pub mod authz;
 pub mod normalize;
 pub mod proxy;
 pub mod route;

@@ -35,6 +35,11 @@ pub enum Reject {
     InvalidToken(Reason),
     /// 503: no signing key could be fetched yet; public routes keep working.
     KeysUnavailable,
+    /// 403: a valid token, but none of the route's groups, or missing some of its scopes.
+    Forbidden {
+        /// The route's scopes the token lacks, space-separated; `None` when a group is missing.
+        missing_scopes: Option<String>,
+    },
     /// 502: the upstream refused the connection, reset it, or sent a broken response.
     UpstreamFailed,
     /// 504: the upstream did not send response headers within the route's `timeout`.
@@ -93,6 +98,20 @@ impl Reject {
                 "temporarily_unavailable",
                 "signing keys are not available yet",
             ),
+            Reject::Forbidden {
+                missing_scopes: None,
+            } => (
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                "the caller is in none of the route's groups",
+            ),
+            Reject::Forbidden {
+                missing_scopes: Some(_),
+            } => (
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                "the token lacks a scope the route requires",
+            ),
             Reject::UpstreamFailed => (
                 StatusCode::BAD_GATEWAY,
                 "bad_gateway",
@@ -145,6 +164,19 @@ impl Reject {
             Reject::MethodNotAllowed { allow } => {
                 headers.insert(ALLOW, allow);
             }
+            Reject::Forbidden { missing_scopes } => {
+                // Scope names were checked at load time to be RFC 6749 scope tokens: no quote,
+                // backslash or space can break out of the quoted string.
+                let value = match missing_scopes {
+                    Some(scopes) => format!(
+                        r#"Bearer realm="jwtgate", error="insufficient_scope", scope="{scopes}""#
+                    ),
+                    None => r#"Bearer realm="jwtgate", error="insufficient_scope""#.to_owned(),
+                };
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    headers.insert(WWW_AUTHENTICATE, v);
+                }
+            }
             Reject::BadPath(_)
             | Reject::KeysUnavailable
             | Reject::BadFraming
@@ -183,6 +215,18 @@ mod tests {
             (Reject::InvalidRequest, 400),
             (Reject::InvalidToken(Reason::Expired), 401),
             (Reject::KeysUnavailable, 503),
+            (
+                Reject::Forbidden {
+                    missing_scopes: None,
+                },
+                403,
+            ),
+            (
+                Reject::Forbidden {
+                    missing_scopes: Some("a b".into()),
+                },
+                403,
+            ),
             (Reject::UpstreamFailed, 502),
             (Reject::UpstreamTimeout, 504),
             (Reject::Internal, 500),
@@ -205,6 +249,26 @@ mod tests {
         }
         .into_response();
         assert_eq!(r.headers()[ALLOW], "GET, POST");
+    }
+
+    #[tokio::test]
+    async fn forbidden_names_the_missing_scopes_only_when_scopes_are_missing() {
+        let r = Reject::Forbidden {
+            missing_scopes: None,
+        }
+        .into_response();
+        assert_eq!(
+            r.headers()[WWW_AUTHENTICATE],
+            r#"Bearer realm="jwtgate", error="insufficient_scope""#
+        );
+        let r = Reject::Forbidden {
+            missing_scopes: Some("orders:read orders:write".into()),
+        }
+        .into_response();
+        assert_eq!(
+            r.headers()[WWW_AUTHENTICATE],
+            r#"Bearer realm="jwtgate", error="insufficient_scope", scope="orders:read orders:write""#
+        );
     }
 
     #[tokio::test]

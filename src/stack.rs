@@ -14,7 +14,7 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use crate::body::Body;
 use crate::proxy::{Forward, HttpClient};
 use crate::snapshot::Live;
-use crate::{auth, normalize, route, snapshot};
+use crate::{auth, authz, normalize, route, snapshot};
 
 /// The whole request path as one service; it never fails (refusals are responses).
 pub type GatewayService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
@@ -31,8 +31,11 @@ pub fn build(live: Live, client: HttpClient) -> GatewayService {
         .layer(normalize::layer())
         // Step 2: 404 / 405; inserts MatchedRoute.
         .layer(route::layer())
-        // Step 3: protected routes need a caller (fails closed until token checks exist).
+        // Step 3: protected routes need a valid Okta access token (400 / 401 / 503); inserts
+        // Identity. Before authz, which decides on that identity.
         .layer(auth::layer())
+        // Step 4: the route's groups and scopes (403).
+        .layer(authz::layer())
         // Last: 502 / 504; streams both ways.
         .service(Forward::new(client));
     BoxCloneSyncService::new(service)

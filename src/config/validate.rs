@@ -789,7 +789,23 @@ impl Validator<'_> {
         let scopes = route
             .scopes
             .as_ref()
-            .map(|s| self.names(&format!("{key}.scopes"), s, "a scope"))
+            .map(|s| {
+                for item in s.get_ref() {
+                    // RFC 6749 §3.3 scope-token: printable ASCII but space, '"' and '\'.
+                    let ok = item
+                        .get_ref()
+                        .bytes()
+                        .all(|b| matches!(b, 0x21 | 0x23..=0x5B | 0x5D..=0x7E));
+                    if !ok {
+                        self.push(
+                            Some(item.span()),
+                            &format!("{key}.scopes"),
+                            format!("{:?} is not an OAuth scope (RFC 6749 §3.3)", item.get_ref()),
+                        );
+                    }
+                }
+                self.names(&format!("{key}.scopes"), s, "a scope")
+            })
             .unwrap_or_default();
         Access::Protected { groups, scopes }
     }

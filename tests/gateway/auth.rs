@@ -144,16 +144,23 @@ async fn tokens_from_both_grants_of_the_local_issuer_are_accepted() {
             .body(body::full(form.to_owned()))
             .unwrap()
     };
-    for form in [
-        "grant_type=password&username=alice&password=alice-password&scope=orders%3Aread",
-        "grant_type=client_credentials&scope=orders%3Aread",
+    for (form, route) in [
+        (
+            "grant_type=password&username=alice&password=alice-password&scope=orders%3Aread",
+            "/api/orders",
+        ),
+        // A machine token has no user and no groups; it reaches a scope-protected route.
+        (
+            "grant_type=client_credentials&scope=orders%3Aread",
+            "/api/machine",
+        ),
     ] {
         let reply = send(&c, grant(form)).await;
         assert_eq!(reply.status, 200, "{form}: {:?}", reply.body);
         let doc = reply.json();
         assert_eq!(doc["token_type"], "Bearer");
         let token = doc["access_token"].as_str().unwrap();
-        let r = h.get_with("/api/orders", token).await;
+        let r = h.get_with(route, token).await;
         assert_eq!(r.status, 200, "{form}");
     }
     let wrong = send(
@@ -171,4 +178,47 @@ async fn public_routes_ignore_tokens_good_or_bad() {
     for token in ["garbage", "a.b.c"] {
         assert_eq!(h.get_with("/public/x", token).await.status, 200);
     }
+}
+
+#[tokio::test]
+async fn a_caller_outside_the_routes_groups_gets_403() {
+    let h = Harness::start().await;
+    for (user, path, status) in [
+        ("alice", "/api/orders", 200),
+        ("alice", "/api/admin", 403),
+        ("bob", "/api/admin", 200),
+        ("nobody", "/api/orders", 403),
+        ("nobody", "/api/any", 200),
+    ] {
+        let r = h.get_with(path, &h.token(user)).await;
+        assert_eq!(r.status, status, "{user} {path}");
+        if status == 403 {
+            assert_eq!(
+                r.headers["www-authenticate"],
+                r#"Bearer realm="jwtgate", error="insufficient_scope""#
+            );
+            assert_eq!(r.json()["error"], "insufficient_scope");
+        }
+    }
+    assert_eq!(h.echo.requests(), 3);
+}
+
+#[tokio::test]
+async fn a_token_missing_a_required_scope_gets_403_naming_it() {
+    let h = Harness::start().await;
+    let mut claims = h.issuer.claims_for_user("alice");
+    claims["scp"] = json!(["openid"]);
+    let r = h.get_with("/api/machine", &h.issuer.sign(&claims)).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.headers["www-authenticate"],
+        r#"Bearer realm="jwtgate", error="insufficient_scope", scope="orders:read""#
+    );
+    claims["scp"] = json!(["openid", "orders:read"]);
+    assert_eq!(
+        h.get_with("/api/machine", &h.issuer.sign(&claims))
+            .await
+            .status,
+        200
+    );
 }

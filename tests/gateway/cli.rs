@@ -261,10 +261,11 @@ fn a_port_in_use_is_a_fatal_error_with_exit_code_1() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen on"));
 }
 
-/// A `jwtgate run` child process and the address it reported.
+/// A `jwtgate run` child process, the address it reported, and its stderr lines.
 struct Child {
     process: std::process::Child,
     addr: SocketAddr,
+    log: mpsc::Receiver<String>,
 }
 
 impl Drop for Child {
@@ -274,10 +275,10 @@ impl Drop for Child {
     }
 }
 
-fn spawn_gateway(config: &Path) -> Child {
+fn spawn_gateway(config: &Path, rust_log: &str) -> Child {
     let mut process = Command::new(env!("CARGO_BIN_EXE_jwtgate"))
         .args(["run", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", rust_log)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -301,7 +302,25 @@ fn spawn_gateway(config: &Path) -> Child {
             break addr.parse().unwrap();
         }
     };
-    Child { process, addr }
+    Child {
+        process,
+        addr,
+        log: rx,
+    }
+}
+
+/// Sends SIGTERM and waits for the exit status.
+async fn terminate(child: Child) -> (std::process::ExitStatus, Child) {
+    let pid = child.process.id().to_string();
+    let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(kill.success());
+    tokio::task::spawn_blocking(move || {
+        let mut child = child;
+        let status = child.process.wait().unwrap();
+        (status, child)
+    })
+    .await
+    .unwrap()
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -320,7 +339,7 @@ async fn run_streams_one_gib_in_bounded_memory_and_exits_0_on_sigterm() {
     let file = dir.path().join("run.toml");
     let extra = "[[routes]]\npath = \"/upload\"\nupstream = \"echo\"\npublic = true\n";
     std::fs::write(&file, config_text(echo.addr(), extra)).unwrap();
-    let mut child = spawn_gateway(&file);
+    let child = spawn_gateway(&file, "info");
     let pid = child.process.id();
 
     let total: u64 = 1 << 30;
@@ -344,19 +363,7 @@ async fn run_streams_one_gib_in_bounded_memory_and_exits_0_on_sigterm() {
         "peak RSS {peak_mib} MiB: the body was buffered"
     );
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = tokio::task::spawn_blocking(move || {
-        let status = child.process.wait();
-        (status, child)
-    })
-    .await
-    .unwrap()
-    .0
-    .unwrap();
+    let (status, _child) = terminate(child).await;
     assert_eq!(
         status.code(),
         Some(0),
@@ -368,3 +375,109 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use jwtgate::body::BoxError;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_text_reaches_the_logs_even_at_trace_level() {
+    let issuer = crate::support::start_issuer().await;
+    let echo = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("logs.toml");
+    let text = crate::support::config_with_issuer(
+        echo.addr(),
+        issuer.issuer_url(),
+        "",
+        crate::support::ROUTES,
+    );
+    std::fs::write(&file, text).unwrap();
+    let child = spawn_gateway(&file, "trace");
+    let addr = child.addr;
+
+    let good = issuer.token_for_user("alice");
+    let mut expired_claims = issuer.claims_for_user("alice");
+    expired_claims["exp"] = serde_json::json!(1_000_000_000u64);
+    expired_claims["iat"] = serde_json::json!(999_999_000u64);
+    let expired = issuer.sign(&expired_claims);
+    let forged = format!("{}.AAAA", good.rsplit_once('.').unwrap().0);
+    let secrets = [good.clone(), expired.clone(), forged.clone()];
+
+    let c = client();
+    // Keys load in the background: retry until the good token is accepted.
+    let mut status = 0;
+    for _ in 0..500 {
+        let r = send(
+            &c,
+            Request::get(format!("http://{addr}/api/orders"))
+                .header("authorization", format!("Bearer {good}"))
+                .body(jwtgate::body::empty())
+                .unwrap(),
+        )
+        .await;
+        status = r.status.as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(status, 200);
+    for token in &secrets {
+        for path in ["/api/orders", "/public/x"] {
+            let _ = send(
+                &c,
+                Request::get(format!("http://{addr}{path}"))
+                    .header("authorization", format!("Bearer {token}"))
+                    .body(jwtgate::body::empty())
+                    .unwrap(),
+            )
+            .await;
+        }
+        let _ = send(
+            &c,
+            Request::get(format!("http://{addr}/api/orders?access_token={token}"))
+                .body(jwtgate::body::empty())
+                .unwrap(),
+        )
+        .await;
+    }
+    // The same over h2 (prior knowledge), whose frame logs are the likeliest leak.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let r = h2
+        .send_request(
+            Request::get(format!("http://{addr}/api/orders"))
+                .header("authorization", format!("Bearer {good}"))
+                .body(jwtgate::body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    drop(h2);
+
+    let (status, child) = terminate(child).await;
+    assert_eq!(status.code(), Some(0));
+    let log: Vec<String> = child.log.try_iter().collect();
+    assert!(
+        log.len() > 20,
+        "trace logging produced too little to be a test: {log:?}"
+    );
+    let all = log.join("\n");
+    for token in &secrets {
+        let (rest, signature) = token.rsplit_once('.').unwrap();
+        let payload = rest.split_once('.').unwrap().1;
+        assert!(
+            !all.contains(signature),
+            "a token signature reached the logs"
+        );
+        assert!(!all.contains(payload), "a token payload reached the logs");
+    }
+    assert!(
+        !all.contains("Bearer ey"),
+        "an Authorization header reached the logs"
+    );
+}

@@ -42,6 +42,20 @@ path = "/api/orders"
 methods = ["GET", "POST"]
 upstream = "echo"
 groups = ["orders-readers"]
+
+[[routes]]
+path = "/api/admin"
+upstream = "echo"
+groups = ["admins"]
+
+[[routes]]
+path = "/api/machine"
+upstream = "echo"
+scopes = ["orders:read"]
+
+[[routes]]
+path = "/api/any"
+upstream = "echo"
 "#;
 
 /// A gateway in front of one echo upstream, trusting one local issuer.
