@@ -25,8 +25,9 @@ pub enum Command {
     /// Validate a configuration file: exit 0 and print a summary, or print every problem and
     /// exit 2.
     Check(ConfigPath),
-    /// Run a local issuer, an echo upstream and the gateway on loopback (not yet available).
-    Demo,
+    /// Run a local Okta-compatible issuer, an echo upstream and the gateway on loopback, and
+    /// print the curl commands to try them.
+    Demo(DemoConfigPath),
 }
 
 /// `--config PATH`.
@@ -34,6 +35,14 @@ pub enum Command {
 pub struct ConfigPath {
     /// Path of the TOML configuration file.
     #[arg(long, short, default_value = "config/jwtgate.toml")]
+    pub config: PathBuf,
+}
+
+/// `--config PATH` for the demo.
+#[derive(Debug, Args)]
+pub struct DemoConfigPath {
+    /// Path of the demo configuration file.
+    #[arg(long, short, default_value = "config/demo.toml")]
     pub config: PathBuf,
 }
 
@@ -68,10 +77,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         None => run_gateway(Path::new("config/jwtgate.toml")),
         Some(Command::Run(c)) => run_gateway(&c.config),
         Some(Command::Check(c)) => check(&c.config),
-        Some(Command::Demo) => Err(CliError::Fatal(
-            "`jwtgate demo` arrives with token validation; it is not available in this build"
-                .to_owned(),
-        )),
+        Some(Command::Demo(c)) => demo(&c.config),
     }
 }
 
@@ -93,22 +99,53 @@ fn check(path: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-fn run_gateway(path: &Path) -> Result<(), CliError> {
-    let config = load(path)?;
+fn runtime(config: &Config) -> Result<tokio::runtime::Runtime, CliError> {
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if let Some(n) = config.server.workers {
         runtime.worker_threads(n.get());
     }
-    let runtime = runtime
+    runtime
         .build()
-        .map_err(|e| CliError::Fatal(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(async {
+        .map_err(|e| CliError::Fatal(format!("cannot start the runtime: {e}")))
+}
+
+fn demo(path: &Path) -> Result<(), CliError> {
+    let config = load(path)?;
+    runtime(&config)?.block_on(async {
+        // Installed before anything is announced, so a signal sent right after never meets
+        // the default action.
+        let signals = Signals::install()?;
+        let demo = crate::demo::Demo::start(config)
+            .await
+            .map_err(|e| match e {
+                crate::demo::DemoError::Config(m) => CliError::Config(m),
+                crate::demo::DemoError::Gateway(StartError::Tls(e)) => {
+                    CliError::Config(e.to_string())
+                }
+                other => CliError::Fatal(other.to_string()),
+            })?;
+        println!("{}", demo.walkthrough());
+        signals.recv().await;
+        tracing::info!("shutdown requested");
+        demo.gateway.shutdown();
+        demo.gateway.wait().await;
+        Ok(())
+    })
+}
+
+fn run_gateway(path: &Path) -> Result<(), CliError> {
+    let config = load(path)?;
+    if config.demo.is_some() {
+        tracing::info!("the [demo] table is read only by `jwtgate demo`");
+    }
+    runtime(&config)?.block_on(async {
+        let signals = Signals::install()?;
         let gateway = Gateway::start(config).await.map_err(|e| match e {
             StartError::Tls(e) => CliError::Config(e.to_string()),
             other => CliError::Fatal(other.to_string()),
         })?;
-        shutdown_signal().await?;
+        signals.recv().await;
         tracing::info!("shutdown requested");
         gateway.shutdown();
         gateway.wait().await;
@@ -116,16 +153,27 @@ fn run_gateway(path: &Path) -> Result<(), CliError> {
     })
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() -> Result<(), CliError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())
-        .map_err(|e| CliError::Fatal(format!("cannot listen for SIGTERM: {e}")))?;
-    let mut int = signal(SignalKind::interrupt())
-        .map_err(|e| CliError::Fatal(format!("cannot listen for SIGINT: {e}")))?;
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+/// SIGTERM and SIGINT listeners, installed before the gateway announces itself.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, CliError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate())
+            .map_err(|e| CliError::Fatal(format!("cannot listen for SIGTERM: {e}")))?;
+        let int = signal(SignalKind::interrupt())
+            .map_err(|e| CliError::Fatal(format!("cannot listen for SIGINT: {e}")))?;
+        Ok(Signals { term, int })
     }
-    Ok(())
+
+    /// Resolves on the first SIGTERM or SIGINT.
+    async fn recv(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
+        }
+    }
 }

@@ -35,6 +35,25 @@ pub struct Config {
     pub rate_limits: RateLimits,
     /// `[forward]`.
     pub forward: Forward,
+    /// `[demo]`: read only by `jwtgate demo`.
+    pub demo: Option<Demo>,
+}
+
+/// `[demo]`: the local issuer and echo upstream that `jwtgate demo` starts (SPEC §5).
+#[derive(Debug, Clone)]
+pub struct Demo {
+    /// Where the local issuer listens.
+    pub issuer_listen: SocketAddr,
+    /// Where the echo upstream listens.
+    pub upstream_listen: SocketAddr,
+    /// The `{id}` of `/oauth2/{id}` (default `demo`).
+    pub auth_server_id: String,
+    /// Lifetime of issued tokens (default 1h).
+    pub token_lifetime: Duration,
+    /// Users for the password grant.
+    pub users: Vec<crate::issuer::User>,
+    /// OAuth clients.
+    pub clients: Vec<crate::issuer::Client>,
 }
 
 /// `[server]`.

@@ -22,6 +22,7 @@
 //! - [`admin`]: `/healthz`, `/readyz`.
 //! - [`echo`]: an echo upstream for the demo and the tests.
 //! - [`issuer`]: a local Okta-compatible issuer for the demo, the tests and the benches.
+//! - [`demo`]: `jwtgate demo`: issuer, echo upstream and gateway on loopback.
 //! - [`cli`]: the command line and exit codes.
 
 pub mod config;
@@ -36,6 +37,7 @@ pub mod route;
 pub mod admin;
 pub mod body;
 pub mod cli;
+pub mod demo;
 pub mod echo;
 pub mod issuer;
 pub mod reject;

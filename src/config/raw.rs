@@ -26,6 +26,7 @@ pub(crate) struct RawConfig {
     pub(crate) routes: Vec<Spanned<RawRoute>>,
     pub(crate) rate_limits: Option<Spanned<RawRateLimits>>,
     pub(crate) forward: Option<Spanned<RawForward>>,
+    pub(crate) demo: Option<Spanned<RawDemo>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,4 +133,30 @@ impl<'de> Deserialize<'de> for OneOrMany {
 
         deserializer.deserialize_any(OneOrManyVisitor)
     }
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawDemo {
+    pub(crate) issuer_listen: Option<Text>,
+    pub(crate) upstream_listen: Option<Text>,
+    pub(crate) auth_server_id: Option<Text>,
+    pub(crate) token_lifetime: Option<Text>,
+    #[serde(default)]
+    pub(crate) users: Vec<Spanned<RawDemoUser>>,
+    #[serde(default)]
+    pub(crate) clients: Vec<Spanned<RawDemoClient>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawDemoUser {
+    pub(crate) name: Option<Text>,
+    pub(crate) password: Option<Text>,
+    pub(crate) groups: Option<List>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawDemoClient {
+    pub(crate) id: Option<Text>,
+    pub(crate) secret: Option<Text>,
+    pub(crate) scopes: Option<List>,
 }

@@ -18,12 +18,12 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::raw::{
-    List, RawConfig, RawForward, RawLimit, RawOkta, RawRateLimits, RawRoute, RawServer,
+    List, RawConfig, RawDemo, RawForward, RawLimit, RawOkta, RawRateLimits, RawRoute, RawServer,
     RawUpstream, Text,
 };
 use super::{
-    Access, Algorithm, Backend, By, Config, ConfigError, ConfigErrors, Forward, Limit, Location,
-    Okta, RateLimits, RedisBackend, Route, Server, Target, TlsFiles, Upstream,
+    Access, Algorithm, Backend, By, Config, ConfigError, ConfigErrors, Demo, Forward, Limit,
+    Location, Okta, RateLimits, RedisBackend, Route, Server, Target, TlsFiles, Upstream,
 };
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -165,6 +165,7 @@ impl Validator<'_> {
             .map(|r| self.rate_limits(r))
             .unwrap_or_default();
         let forward = raw.forward.map(|f| self.forward(f)).unwrap_or_default();
+        let demo = raw.demo.map(|d| self.demo(d));
         Config {
             server,
             okta,
@@ -172,6 +173,7 @@ impl Validator<'_> {
             routes,
             rate_limits,
             forward,
+            demo,
         }
     }
 
@@ -1030,6 +1032,103 @@ impl Validator<'_> {
         Forward {
             claims_to_headers,
             forward_authorization: raw.forward_authorization.unwrap_or(false),
+        }
+    }
+
+    // --- [demo] ---
+
+    fn demo(&mut self, raw: Spanned<RawDemo>) -> Demo {
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let mut listen = |key: &str, value: &Option<Text>| match value {
+            Some(v) => self
+                .socket_addr(key, v)
+                .unwrap_or(([127, 0, 0, 1], 0).into()),
+            None => {
+                self.push(Some(span.clone()), key, "missing required key");
+                ([127, 0, 0, 1], 0).into()
+            }
+        };
+        let issuer_listen = listen("demo.issuer_listen", &raw.issuer_listen);
+        let upstream_listen = listen("demo.upstream_listen", &raw.upstream_listen);
+        let auth_server_id = match &raw.auth_server_id {
+            Some(id)
+                if !id.get_ref().is_empty()
+                    && id.get_ref().bytes().all(|b| b.is_ascii_alphanumeric()) =>
+            {
+                id.get_ref().clone()
+            }
+            Some(id) => {
+                self.push(
+                    Some(id.span()),
+                    "demo.auth_server_id",
+                    "use letters and digits only",
+                );
+                "demo".to_owned()
+            }
+            None => "demo".to_owned(),
+        };
+        let token_lifetime = self.duration(
+            "demo.token_lifetime",
+            raw.token_lifetime.as_ref(),
+            Duration::from_secs(3600),
+            false,
+        );
+        let mut text = |key: String, value: &Option<Text>, within: Range<usize>| match value {
+            Some(v) if !v.get_ref().is_empty() => v.get_ref().clone(),
+            Some(v) => {
+                self.push(Some(v.span()), &key, "must not be empty");
+                String::new()
+            }
+            None => {
+                self.push(Some(within), &key, "missing required key");
+                String::new()
+            }
+        };
+        let mut users = Vec::new();
+        for (i, u) in raw.users.iter().enumerate() {
+            let key = format!("demo.users[{i}]");
+            let name = text(format!("{key}.name"), &u.get_ref().name, u.span());
+            let password = text(format!("{key}.password"), &u.get_ref().password, u.span());
+            let groups = u
+                .get_ref()
+                .groups
+                .as_ref()
+                .map(|g| g.get_ref().iter().map(|x| x.get_ref().clone()).collect())
+                .unwrap_or_default();
+            users.push(crate::issuer::User {
+                name,
+                password,
+                groups,
+            });
+        }
+        let mut clients = Vec::new();
+        for (i, c) in raw.clients.iter().enumerate() {
+            let key = format!("demo.clients[{i}]");
+            let id = text(format!("{key}.id"), &c.get_ref().id, c.span());
+            let secret = text(format!("{key}.secret"), &c.get_ref().secret, c.span());
+            let scopes = c
+                .get_ref()
+                .scopes
+                .as_ref()
+                .map(|g| g.get_ref().iter().map(|x| x.get_ref().clone()).collect())
+                .unwrap_or_default();
+            clients.push(crate::issuer::Client { id, secret, scopes });
+        }
+        if clients.is_empty() {
+            self.push(
+                Some(span),
+                "demo.clients",
+                "the demo needs at least one client for the token endpoint",
+            );
+        }
+        Demo {
+            issuer_listen,
+            upstream_listen,
+            auth_server_id,
+            token_lifetime,
+            users,
+            clients,
         }
     }
 

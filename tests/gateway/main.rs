@@ -7,6 +7,7 @@ mod support;
 mod admin;
 mod auth;
 mod cli;
+mod demo;
 mod forward;
 mod jwt_attacks;
 mod keys;
