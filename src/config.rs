@@ -207,7 +207,7 @@ pub enum Access {
 }
 
 /// `[rate_limits]`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RateLimits {
     /// Limit for callers none of whose groups has one.
     pub default: Option<Limit>,
@@ -215,6 +215,19 @@ pub struct RateLimits {
     pub groups: BTreeMap<String, Limit>,
     /// Where bucket state lives.
     pub backend: Backend,
+    /// Callers tracked per limit before new ones share one overflow bucket (default 100,000).
+    pub max_tracked_callers: usize,
+}
+
+impl Default for RateLimits {
+    fn default() -> RateLimits {
+        RateLimits {
+            default: None,
+            groups: BTreeMap::new(),
+            backend: Backend::Local,
+            max_tracked_callers: crate::ratelimit::DEFAULT_MAX_TRACKED_CALLERS,
+        }
+    }
 }
 
 /// One GCRA quota: `requests` per `per`, at most `burst` at once.
@@ -265,6 +278,9 @@ pub struct RedisBackend {
 pub struct Forward {
     /// Verified claim → request header set for the upstream.
     pub claims_to_headers: Vec<(String, HeaderName)>,
+    /// Every header a client may not send: the `claims_to_headers` names, plus each one
+    /// spelled with `_` for `-` (and the reverse), which CGI-style upstreams read as the same.
+    pub strip_headers: Vec<HeaderName>,
     /// Whether the upstream sees the bearer token (default false).
     pub forward_authorization: bool,
 }

@@ -163,7 +163,8 @@ impl Demo {
     -d grant_type=password -d username={alice} -d password={alice_pw} -d scope=orders:read \
     {token_url} | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
 
-2. Call a protected route with it: 200, and the echo shows what the upstream received:
+2. Call a protected route with it: 200; the echo shows what the upstream received (no token,
+   X-Auth-Subject and X-Auth-Groups from the verified claims, RateLimit-* on the response):
 
   curl -i {gw}/api/orders/42 -H "Authorization: Bearer $TOKEN"
 
@@ -182,6 +183,10 @@ impl Demo {
 6. A public route needs no token: 200
 
   curl -i {gw}/public/hello
+
+7. orders-readers may call 5 times a minute: the calls after that get 429 with Retry-After
+
+  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w "%{{http_code}} " {gw}/api/orders/42 -H "Authorization: Bearer $TOKEN"; done; echo
 
 Users: alice (orders-readers), bob (admins, orders-readers), carol (no groups); see config/demo.toml.
 Press Ctrl-C to stop.

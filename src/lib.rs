@@ -15,6 +15,7 @@
 //! - [`route`]: segment-boundary longest-prefix matching (404, 405).
 //! - [`auth`]: Okta access-token validation for protected routes (400, 401, 503).
 //! - [`authz`]: route groups and scopes (403).
+//! - [`ratelimit`]: per-group GCRA limits with governor (429).
 //! - [`proxy`]: forwarding, header hygiene, upstream pools (502, 504).
 //! - [`reject`]: every refusal and its response.
 //! - [`stack`]: the layer order.
@@ -32,6 +33,7 @@ pub mod auth;
 pub mod authz;
 pub mod normalize;
 pub mod proxy;
+pub mod ratelimit;
 pub mod route;
 
 pub mod admin;

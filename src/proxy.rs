@@ -30,6 +30,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tower::Service;
 
+use crate::auth::validate::Identity;
 use crate::body::{self, Body};
 use crate::reject::Reject;
 use crate::route::MatchedRoute;
@@ -144,10 +145,12 @@ async fn forward(client: &HttpClient, mut req: Request<Body>) -> Result<Response
         tls: conn.is_some_and(|(_, tls)| tls),
         host: host.as_ref(),
     };
+    let identity = req.extensions().get::<Arc<Identity>>().cloned();
     headers::prepare_request(
         req.headers_mut(),
         origin,
-        snapshot.config.forward.forward_authorization,
+        &snapshot.config.forward,
+        identity.as_deref(),
     );
     // The client speaks HTTP/1.1 to upstreams whatever the client spoke to us.
     *req.version_mut() = Version::HTTP_11;

@@ -4,7 +4,7 @@
 //! fails. Descriptions are fixed strings chosen here: they never carry a library's error text
 //! or anything taken from the request.
 
-use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
 use crate::auth::validate::Reason;
@@ -35,6 +35,11 @@ pub enum Reject {
     InvalidToken(Reason),
     /// 503: no signing key could be fetched yet; public routes keep working.
     KeysUnavailable,
+    /// 429: the caller's bucket is empty; `retry_after` is in whole seconds, at least 1.
+    RateLimited {
+        /// Seconds until one more request would be allowed.
+        retry_after: u64,
+    },
     /// 403: a valid token, but none of the route's groups, or missing some of its scopes.
     Forbidden {
         /// The route's scopes the token lacks, space-separated; `None` when a group is missing.
@@ -97,6 +102,11 @@ impl Reject {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
                 "signing keys are not available yet",
+            ),
+            Reject::RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests",
             ),
             Reject::Forbidden {
                 missing_scopes: None,
@@ -164,6 +174,9 @@ impl Reject {
             Reject::MethodNotAllowed { allow } => {
                 headers.insert(ALLOW, allow);
             }
+            Reject::RateLimited { retry_after } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
+            }
             Reject::Forbidden { missing_scopes } => {
                 // Scope names were checked at load time to be RFC 6749 scope tokens: no quote,
                 // backslash or space can break out of the quoted string.
@@ -215,6 +228,7 @@ mod tests {
             (Reject::InvalidRequest, 400),
             (Reject::InvalidToken(Reason::Expired), 401),
             (Reject::KeysUnavailable, 503),
+            (Reject::RateLimited { retry_after: 0 }, 429),
             (
                 Reject::Forbidden {
                     missing_scopes: None,
@@ -249,6 +263,15 @@ mod tests {
         }
         .into_response();
         assert_eq!(r.headers()[ALLOW], "GET, POST");
+    }
+
+    #[tokio::test]
+    async fn a_429_says_when_to_retry_in_whole_seconds_at_least_one() {
+        for (secs, header) in [(0, "1"), (1, "1"), (42, "42")] {
+            let r = Reject::RateLimited { retry_after: secs }.into_response();
+            assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(r.headers()[RETRY_AFTER], header);
+        }
     }
 
     #[tokio::test]

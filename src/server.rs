@@ -80,6 +80,7 @@ pub struct Gateway {
     proxy_task: JoinHandle<()>,
     admin_task: Option<JoinHandle<()>>,
     refresh_task: Option<JoinHandle<()>>,
+    housekeeping: JoinHandle<()>,
 }
 
 impl Gateway {
@@ -105,6 +106,7 @@ impl Gateway {
         timeouts.install(snapshot.upstreams.values().map(AsRef::as_ref));
         let live: Live = Arc::new(ArcSwap::from_pointee(snapshot));
         let service = stack::build(live.clone(), client);
+        let housekeeping = tokio::spawn(housekeeping(live.clone()));
 
         let listener = bind(listen_addr).await?;
         let listen = listener.local_addr().map_err(|source| StartError::Bind {
@@ -145,6 +147,7 @@ impl Gateway {
             proxy_task,
             admin_task,
             refresh_task,
+            housekeeping,
         })
     }
 
@@ -178,6 +181,22 @@ impl Gateway {
         }
         if let Some(refresh) = self.refresh_task {
             refresh.abort();
+        }
+        self.housekeeping.abort();
+    }
+}
+
+/// How often rate-limit state of callers whose buckets have refilled is dropped.
+const HOUSEKEEPING_PERIOD: Duration = Duration::from_secs(30);
+
+/// Keeps long-lived state bounded: drops refilled rate-limit buckets.
+async fn housekeeping(live: Live) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Some(limiter) = live.load().limiter.clone() {
+            limiter.retain_recent();
         }
     }
 }

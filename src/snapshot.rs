@@ -15,6 +15,7 @@ use crate::auth::Authenticator;
 use crate::auth::jwks::KeyCache;
 use crate::config::Config;
 use crate::proxy::upstream::UpstreamPool;
+use crate::ratelimit::RateLimiter;
 use crate::route::{CompiledRoute, RouteTable};
 
 /// A validated configuration, compiled: route table and upstream pools.
@@ -28,6 +29,8 @@ pub struct Snapshot {
     pub upstreams: BTreeMap<String, Arc<UpstreamPool>>,
     /// Token checks for protected routes; `None` without `[okta]`.
     pub auth: Option<Arc<Authenticator>>,
+    /// Per-group rate limits; `None` when none is configured.
+    pub limiter: Option<Arc<RateLimiter>>,
 }
 
 /// The configuration in force; swapped whole on reload.
@@ -52,11 +55,14 @@ impl Snapshot {
             (Some(okta), Some(keys)) => Some(Arc::new(Authenticator::new(okta, keys))),
             _ => None,
         };
+        let limiter =
+            Some(Arc::new(RateLimiter::new(&config.rate_limits))).filter(|l| !l.is_empty());
         Snapshot {
             config,
             routes,
             upstreams,
             auth,
+            limiter,
         }
     }
 }

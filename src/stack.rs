@@ -14,7 +14,7 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use crate::body::Body;
 use crate::proxy::{Forward, HttpClient};
 use crate::snapshot::Live;
-use crate::{auth, authz, normalize, route, snapshot};
+use crate::{auth, authz, normalize, ratelimit, route, snapshot};
 
 /// The whole request path as one service; it never fails (refusals are responses).
 pub type GatewayService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
@@ -36,6 +36,9 @@ pub fn build(live: Live, client: HttpClient) -> GatewayService {
         .layer(auth::layer())
         // Step 4: the route's groups and scopes (403).
         .layer(authz::layer())
+        // Step 5: after authz, so refused callers spend no quota; 429, and RateLimit-* on
+        // every response that passes.
+        .layer(ratelimit::layer())
         // Last: 502 / 504; streams both ways.
         .service(Forward::new(client));
     BoxCloneSyncService::new(service)

@@ -181,7 +181,8 @@ pub struct Identity {
     pub scopes: Vec<String>,
     /// `exp`, in seconds since the epoch.
     pub exp: u64,
-    /// Every top-level string or array-of-strings claim, for `claims_to_headers`.
+    /// Every top-level claim that is a string, number, boolean or array of those, as text,
+    /// for `claims_to_headers`.
     pub claims: BTreeMap<String, Vec<String>>,
 }
 
@@ -369,7 +370,7 @@ fn check_claims(
     };
     let flat = claims
         .iter()
-        .filter_map(|(k, v)| strings(v).map(|s| (k.clone(), s)))
+        .filter_map(|(k, v)| scalars(v).map(|s| (k.clone(), s)))
         .collect();
     Ok(Identity {
         sub: sub.to_owned(),
@@ -391,6 +392,20 @@ fn strings(v: &Value) -> Option<Vec<String>> {
             .map(|i| i.as_str().map(str::to_owned))
             .collect(),
         _ => None,
+    }
+}
+
+/// A scalar or an array of scalars, as text (for headers).
+fn scalars(v: &Value) -> Option<Vec<String>> {
+    let one = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    };
+    match v {
+        Value::Array(items) => items.iter().map(one).collect(),
+        v => one(v).map(|s| vec![s]),
     }
 }
 

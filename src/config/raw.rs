@@ -82,6 +82,7 @@ pub(crate) struct RawRateLimits {
     pub(crate) redis_url: Option<Text>,
     pub(crate) redis_timeout: Option<Text>,
     pub(crate) redis_key_prefix: Option<Text>,
+    pub(crate) max_tracked_callers: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

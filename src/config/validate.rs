@@ -873,10 +873,23 @@ impl Validator<'_> {
                 Backend::Local
             }
         };
+        let max_tracked_callers = match &raw.max_tracked_callers {
+            Some(n) if (1..=100_000_000).contains(n.get_ref()) => *n.get_ref() as usize,
+            Some(n) => {
+                self.push(
+                    Some(n.span()),
+                    "rate_limits.max_tracked_callers",
+                    format!("must be between 1 and 100000000, got {}", n.get_ref()),
+                );
+                crate::ratelimit::DEFAULT_MAX_TRACKED_CALLERS
+            }
+            None => crate::ratelimit::DEFAULT_MAX_TRACKED_CALLERS,
+        };
         RateLimits {
             default,
             groups,
             backend,
+            max_tracked_callers,
         }
     }
 
@@ -1029,8 +1042,32 @@ impl Validator<'_> {
             }
             claims_to_headers.push((claim, name));
         }
+        let mut strip_headers: Vec<HeaderName> = Vec::new();
+        for (_, name) in &claims_to_headers {
+            let swapped: String = name
+                .as_str()
+                .chars()
+                .map(|c| match c {
+                    '-' => '_',
+                    '_' => '-',
+                    c => c,
+                })
+                .collect();
+            for n in [
+                Some(name.clone()),
+                HeaderName::from_bytes(swapped.as_bytes()).ok(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if !strip_headers.contains(&n) {
+                    strip_headers.push(n);
+                }
+            }
+        }
         Forward {
             claims_to_headers,
+            strip_headers,
             forward_authorization: raw.forward_authorization.unwrap_or(false),
         }
     }

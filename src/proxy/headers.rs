@@ -6,6 +6,9 @@
 //! therefore removes its own copy, never the gateway's.
 
 use http::HeaderMap;
+
+use crate::auth::validate::Identity;
+use crate::config::Forward;
 use http::header::{
     AUTHORIZATION, CONNECTION, HOST, HeaderName, HeaderValue, PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
@@ -84,11 +87,22 @@ pub struct Origin<'a> {
     pub host: Option<&'a HeaderValue>,
 }
 
-/// Rewrites request headers for the upstream.
-pub fn prepare_request(headers: &mut HeaderMap, origin: Origin<'_>, forward_authorization: bool) {
+/// Rewrites request headers for the upstream: hygiene first, then the gateway's own headers,
+/// then the verified identity (when the route is protected).
+pub fn prepare_request(
+    headers: &mut HeaderMap,
+    origin: Origin<'_>,
+    forward: &Forward,
+    identity: Option<&Identity>,
+) {
     let host = origin.host.cloned();
     remove_hop_by_hop(headers);
-    if !forward_authorization {
+    // Identity headers are the gateway's to write: whatever a client sent under those names
+    // (any case, `_` or `-`) goes, on public routes too.
+    for name in &forward.strip_headers {
+        headers.remove(name);
+    }
+    if !forward.forward_authorization {
         headers.remove(AUTHORIZATION);
     }
     // Append to the chain the client sent, as nginx's $proxy_add_x_forwarded_for does: the
@@ -119,6 +133,21 @@ pub fn prepare_request(headers: &mut HeaderMap, origin: Origin<'_>, forward_auth
         }
         None => {
             headers.remove(X_FORWARDED_HOST);
+        }
+    }
+    if let Some(identity) = identity {
+        for (claim, name) in &forward.claims_to_headers {
+            let Some(values) = identity.claims.get(claim) else {
+                continue;
+            };
+            match HeaderValue::from_str(&values.join(",")) {
+                Ok(v) => {
+                    headers.insert(name.clone(), v);
+                }
+                Err(_) => {
+                    tracing::debug!(%claim, header = %name, "claim is not a valid header value; not forwarded");
+                }
+            }
         }
     }
 }
@@ -154,6 +183,13 @@ mod tests {
         assert!(h.contains_key("x-kept"));
     }
 
+    fn forward(authorization: bool) -> Forward {
+        Forward {
+            forward_authorization: authorization,
+            ..Forward::default()
+        }
+    }
+
     #[test]
     fn forwarding_headers_are_written_after_removal() {
         let host = HeaderValue::from_static("api.example");
@@ -166,7 +202,7 @@ mod tests {
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         h.insert(X_FORWARDED_HOST, HeaderValue::from_static("evil.example"));
         h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer x"));
-        prepare_request(&mut h, origin(Some(&host)), false);
+        prepare_request(&mut h, origin(Some(&host)), &forward(false), None);
         assert_eq!(h[X_FORWARDED_FOR], "10.1.2.3");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
         assert_eq!(h[X_FORWARDED_HOST], "api.example");
@@ -183,7 +219,7 @@ mod tests {
             HeaderValue::from_static("2.2.2.2, 3.3.3.3"),
         );
         h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer x"));
-        prepare_request(&mut h, origin(None), true);
+        prepare_request(&mut h, origin(None), &forward(true), None);
         assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.1.2.3");
         assert_eq!(h[AUTHORIZATION], "Bearer x");
         assert!(!h.contains_key(X_FORWARDED_HOST));

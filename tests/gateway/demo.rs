@@ -68,6 +68,17 @@ async fn the_demo_answers_its_walkthrough() {
     for (path, token, status) in steps {
         assert_eq!(send(&c, call(path, token)).await.status, status, "{path}");
     }
+    // Step 7: 5 per minute for orders-readers, one already spent in step 2.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(
+            send(&c, call("/api/orders/42", Some(&token)))
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 429, 429]);
     let text = demo.walkthrough();
     assert!(text.contains(&demo.issuer.token_url()), "{text}");
     assert!(

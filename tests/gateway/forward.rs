@@ -246,3 +246,75 @@ async fn an_http_1_0_upstream_is_answered_in_the_clients_version() {
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(reply.ends_with("ok"), "{reply}");
 }
+
+const IDENTITY: &str = r#"
+[forward]
+claims_to_headers = { sub = "X-Auth-Subject", groups = "X-Auth-Groups", uid = "X-Auth-User", ver = "X-Auth-Version" }
+"#;
+
+#[tokio::test]
+async fn verified_claims_become_headers_and_arrays_are_joined() {
+    let h = Harness::with(&format!("{}{IDENTITY}", crate::support::ROUTES)).await;
+    let r = h.get_with("/api/orders", &h.token("bob")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("x-auth-subject").as_deref(), Some("bob"));
+    assert_eq!(
+        r.upstream_header("x-auth-groups").as_deref(),
+        Some("admins,orders-readers")
+    );
+    assert_eq!(r.upstream_header("x-auth-version").as_deref(), Some("1"));
+    assert!(r.upstream_header("x-auth-user").is_some());
+}
+
+#[tokio::test]
+async fn spoofed_identity_headers_are_removed_on_every_route() {
+    let h = Harness::with(&format!("{}{IDENTITY}", crate::support::ROUTES)).await;
+    let spoof = |req: http::request::Builder| {
+        req.header("X-Auth-Subject", "admin")
+            .header("x-auth-groups", "admins")
+            .header("X-AUTH-USER", "00uADMIN")
+            .header("x_auth_subject", "admin")
+            .header("X_Auth_Groups", "admins")
+            // A hop-by-hop listing must not remove what the gateway itself sets.
+            .header("connection", "X-Auth-Subject, X-Auth-Groups")
+    };
+    // Public route: no identity at all reaches the upstream.
+    let r = h
+        .send(
+            spoof(Request::get("/public/x"))
+                .body(body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    for name in [
+        "x-auth-subject",
+        "x-auth-groups",
+        "x-auth-user",
+        "x_auth_subject",
+        "x_auth_groups",
+    ] {
+        assert_eq!(r.upstream_header(name), None, "{name} reached the upstream");
+    }
+    // Protected route: only the verified values.
+    let token = h.token("alice");
+    let r = h
+        .send(
+            spoof(Request::get("/api/orders"))
+                .header("authorization", format!("Bearer {token}"))
+                .body(body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.upstream_header("x-auth-subject").as_deref(),
+        Some("alice")
+    );
+    assert_eq!(
+        r.upstream_header("x-auth-groups").as_deref(),
+        Some("orders-readers")
+    );
+    assert_eq!(r.upstream_header("x_auth_subject"), None);
+    assert_eq!(r.upstream_header("x_auth_groups"), None);
+}

@@ -223,3 +223,30 @@ async fn discovery_that_names_another_issuer_or_host_is_refused() {
         "keys were fetched from another host"
     );
 }
+
+#[tokio::test]
+async fn an_explicit_jwks_uri_is_used_without_discovery() {
+    let issuer = start_issuer().await;
+    let echo = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    // Nothing listens at this issuer URL, so discovery cannot succeed: only the explicit JWKS
+    // URL can provide keys.
+    let unreachable_issuer = "http://127.0.0.1:1/oauth2/elsewhere";
+    let okta_extra = format!("jwks_uri = \"{}/v1/keys\"", issuer.issuer_url());
+    let text = config_with_issuer(echo.addr(), unreachable_issuer, &okta_extra, ROUTES);
+    let gateway = Gateway::start(Config::from_toml_str(&text).unwrap())
+        .await
+        .unwrap();
+    wait_ready(&gateway).await;
+    let mut claims = issuer.claims_for_user("alice");
+    claims["iss"] = json!(unreachable_issuer);
+    let r = send(
+        &client(),
+        Request::get(format!("http://{}/api/orders", gateway.listen_addr()))
+            .header("authorization", format!("Bearer {}", issuer.sign(&claims)))
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(issuer.key_requests() >= 1);
+}

@@ -12,6 +12,7 @@ mod forward;
 mod jwt_attacks;
 mod keys;
 mod paths;
+mod ratelimit;
 mod smuggling;
 mod tls;
 mod upgrade;

@@ -1,0 +1,637 @@
+//! SPEC §3 step 5: per-group rate limits with governor's GCRA (429).
+//!
+//! Requires `MatchedRoute` and, on protected routes, the `Arc<Identity>`; adds `RateLimit-Limit`,
+//! `RateLimit-Remaining` and `RateLimit-Reset` to every response of a limited request, and
+//! answers 429 with `Retry-After` (whole seconds, at least 1) when the caller's bucket is empty.
+//! Public routes are not group-limited.
+//!
+//! Which limit applies ([`RateLimiter::select`], pure): among the caller's groups that have a
+//! `[rate_limits.groups]` entry, the most generous (highest sustained rate, then largest burst,
+//! then name); otherwise `[rate_limits].default`; otherwise none. Whose bucket is charged:
+//! `by = "subject"` keys it by the caller's stable identity (`uid`, else `sub`);
+//! `by = "group"` gives the whole group one bucket. Buckets are shared by every route.
+//!
+//! Memory: one entry per caller with a non-full bucket. Entries whose bucket has refilled are
+//! dropped by [`RateLimiter::retain_recent`] (every 30s), and each limit tracks at most
+//! `max_tracked_callers` callers (default 100,000): beyond that, *new* callers of that limit
+//! share one overflow bucket with the limit's quota until entries are dropped, so the state
+//! stays bounded and the excess is throttled rather than let through.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::{NoOpMiddleware, StateInformationMiddleware};
+use governor::nanos::Nanos;
+use governor::state::keyed::ShrinkableKeyedStateStore;
+use governor::state::{InMemoryState, NotKeyed, StateStore};
+use governor::{NotUntil, Quota};
+use http::header::{HeaderName, HeaderValue};
+use http::{Request, Response};
+use tower::{Layer, Service};
+
+use crate::auth::validate::Identity;
+use crate::body::Body;
+use crate::config::{By, Limit, RateLimits};
+use crate::reject::Reject;
+use crate::route::MatchedRoute;
+
+/// `RateLimit-Limit`.
+pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+/// `RateLimit-Remaining`.
+pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+/// `RateLimit-Reset`.
+pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+/// Callers tracked per limit before new ones share the overflow bucket.
+pub const DEFAULT_MAX_TRACKED_CALLERS: usize = 100_000;
+
+/// Which limit applies to a caller, and the bucket it is charged to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selected<'a> {
+    /// The group whose limit applies; `None` for the default limit.
+    pub group: Option<&'a str>,
+    /// The limit.
+    pub limit: Limit,
+    /// The bucket key within that limit.
+    pub bucket: String,
+}
+
+/// The outcome of one rate-limit check, with what the response headers say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// `RateLimit-Limit`: the burst, the most requests the bucket holds.
+    pub limit: u32,
+    /// `RateLimit-Remaining`: requests left in the bucket now.
+    pub remaining: u32,
+    /// `RateLimit-Reset`: seconds until the bucket is full again.
+    pub reset_secs: u64,
+    /// `Retry-After` in seconds when refused; `None` when allowed.
+    pub retry_after_secs: Option<u64>,
+}
+
+/// Per-caller GCRA state with a hard cap on tracked callers.
+#[derive(Debug)]
+pub struct CappedStore {
+    callers: DashMap<String, InMemoryState>,
+    overflow: InMemoryState,
+    cap: usize,
+    overflowing: AtomicBool,
+}
+
+impl CappedStore {
+    fn new(cap: usize) -> CappedStore {
+        CappedStore {
+            callers: DashMap::new(),
+            overflow: InMemoryState::default(),
+            cap,
+            overflowing: AtomicBool::new(false),
+        }
+    }
+}
+
+impl StateStore for CappedStore {
+    type Key = String;
+
+    fn measure_and_replace<T, F, E>(&self, key: &String, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        if let Some(state) = self.callers.get(key) {
+            return state.measure_and_replace(&NotKeyed::NonKey, f);
+        }
+        if self.callers.len() >= self.cap {
+            if !self.overflowing.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    cap = self.cap,
+                    "rate limiter tracks its maximum number of callers; new callers share one bucket"
+                );
+            }
+            return self.overflow.measure_and_replace(&NotKeyed::NonKey, f);
+        }
+        let state = self.callers.entry(key.clone()).or_default();
+        state.measure_and_replace(&NotKeyed::NonKey, f)
+    }
+}
+
+impl ShrinkableKeyedStateStore<String> for CappedStore {
+    fn retain_recent(&self, drop_below: Nanos) {
+        // A state is "recent" when its theoretical arrival time is after `drop_below`, i.e. its
+        // bucket is not full yet. Reading it through `measure_and_replace` with a closure that
+        // declines the update leaves it untouched.
+        let recent = |state: &InMemoryState| {
+            let tat = state
+                .measure_and_replace(&NotKeyed::NonKey, Err::<((), Nanos), _>)
+                .err()
+                .flatten();
+            tat.is_some_and(|t| t > drop_below)
+        };
+        self.callers.retain(|_, state| recent(state));
+        if self.callers.len() < self.cap {
+            self.overflowing.store(false, Ordering::Relaxed);
+        }
+    }
+
+    fn shrink_to_fit(&self) {
+        self.callers.shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.callers.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.callers.is_empty()
+    }
+}
+
+type Keyed<C> = governor::RateLimiter<String, CappedStore, C, StateInformationMiddleware>;
+
+struct Bucket<C: Clock> {
+    limit: Limit,
+    limiter: Keyed<C>,
+}
+
+/// The limits of one configuration and their buckets.
+pub struct RateLimiter<C: Clock = DefaultClock> {
+    default: Option<Bucket<C>>,
+    groups: BTreeMap<String, Bucket<C>>,
+    clock: C,
+}
+
+impl<C: Clock> std::fmt::Debug for RateLimiter<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("default", &self.default.as_ref().map(|b| b.limit))
+            .field("groups", &self.groups.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimiter<DefaultClock> {
+    /// The limiter of `[rate_limits]` on the real clock.
+    pub fn new(limits: &RateLimits) -> RateLimiter<DefaultClock> {
+        RateLimiter::with_clock(limits, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> RateLimiter<C> {
+    /// The limiter of `[rate_limits]` on `clock` (governor's `FakeRelativeClock` in tests).
+    pub fn with_clock(limits: &RateLimits, clock: C) -> RateLimiter<C> {
+        let bucket = |limit: &Limit| Bucket {
+            limit: *limit,
+            limiter: governor::RateLimiter::<String, _, C, NoOpMiddleware<C::Instant>>::new(
+                quota(limit),
+                CappedStore::new(limits.max_tracked_callers),
+                clock.clone(),
+            )
+            .with_middleware::<StateInformationMiddleware>(),
+        };
+        RateLimiter {
+            default: limits.default.as_ref().map(bucket),
+            groups: limits
+                .groups
+                .iter()
+                .map(|(g, l)| (g.clone(), bucket(l)))
+                .collect(),
+            clock,
+        }
+    }
+
+    /// Whether any limit is configured.
+    pub fn is_empty(&self) -> bool {
+        self.default.is_none() && self.groups.is_empty()
+    }
+
+    /// Which limit applies to `identity` and which bucket it charges (pure).
+    pub fn select<'a>(&'a self, identity: &Identity) -> Option<Selected<'a>> {
+        let best = identity
+            .groups
+            .iter()
+            .filter_map(|g| self.groups.get_key_value(g))
+            .max_by(|(a_name, a), (b_name, b)| {
+                more_generous(&a.limit, &b.limit).then_with(|| b_name.cmp(a_name))
+            });
+        let (group, limit) = match best {
+            Some((name, bucket)) => (Some(name.as_str()), bucket.limit),
+            None => (None, self.default.as_ref()?.limit),
+        };
+        let bucket = match (limit.by, group) {
+            (By::Group, Some(g)) => g.to_owned(),
+            _ => identity.uid.clone().unwrap_or_else(|| identity.sub.clone()),
+        };
+        Some(Selected {
+            group,
+            limit,
+            bucket,
+        })
+    }
+
+    /// Charges one request to `identity`'s bucket; `None` when no limit applies.
+    pub fn check(&self, identity: &Identity) -> Option<Decision> {
+        let selected = self.select(identity)?;
+        let bucket = match selected.group {
+            Some(g) => self.groups.get(g)?,
+            None => self.default.as_ref()?,
+        };
+        let limit = selected.limit;
+        let interval = quota(&limit).replenish_interval();
+        let burst = limit.burst.get();
+        Some(match bucket.limiter.check_key(&selected.bucket) {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity().min(burst);
+                Decision {
+                    limit: burst,
+                    remaining,
+                    reset_secs: ceil_secs(interval * (burst - remaining)),
+                    retry_after_secs: None,
+                }
+            }
+            Err(not_until) => {
+                let wait = wait_time(&not_until, &self.clock);
+                Decision {
+                    limit: burst,
+                    remaining: 0,
+                    reset_secs: ceil_secs(wait + interval * (burst - 1)),
+                    retry_after_secs: Some(ceil_secs(wait).max(1)),
+                }
+            }
+        })
+    }
+
+    /// Drops callers whose buckets are full again (indistinguishable from new ones).
+    pub fn retain_recent(&self) {
+        for bucket in self.default.iter().chain(self.groups.values()) {
+            bucket.limiter.retain_recent();
+            bucket.limiter.shrink_to_fit();
+        }
+    }
+
+    /// Callers tracked, over every limit.
+    pub fn tracked_callers(&self) -> usize {
+        self.default
+            .iter()
+            .chain(self.groups.values())
+            .map(|b| b.limiter.len())
+            .sum()
+    }
+}
+
+fn wait_time<C: Clock>(not_until: &NotUntil<C::Instant>, clock: &C) -> Duration {
+    not_until.wait_time_from(clock.now())
+}
+
+/// GCRA quota: one cell every `per / requests`, at most `burst` at once.
+fn quota(limit: &Limit) -> Quota {
+    let period = (limit.per / limit.requests.get()).max(Duration::from_nanos(1));
+    Quota::with_period(period)
+        .unwrap_or_else(|| Quota::per_second(limit.requests))
+        .allow_burst(limit.burst)
+}
+
+/// Orders limits by sustained rate (requests per second), then burst.
+fn more_generous(a: &Limit, b: &Limit) -> std::cmp::Ordering {
+    // a.requests / a.per vs b.requests / b.per, compared without division.
+    let a_rate = u128::from(a.requests.get()) * b.per.as_nanos();
+    let b_rate = u128::from(b.requests.get()) * a.per.as_nanos();
+    a_rate.cmp(&b_rate).then(a.burst.cmp(&b.burst))
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+impl Decision {
+    fn headers(&self) -> [(HeaderName, HeaderValue); 3] {
+        [
+            (RATELIMIT_LIMIT, HeaderValue::from(self.limit)),
+            (RATELIMIT_REMAINING, HeaderValue::from(self.remaining)),
+            (RATELIMIT_RESET, HeaderValue::from(self.reset_secs)),
+        ]
+    }
+}
+
+/// The layer: 429 when the caller's bucket is empty; `RateLimit-*` on every limited response.
+pub fn layer() -> RateLimitLayer {
+    RateLimitLayer
+}
+
+/// Layer behind [`layer`]; the limiter comes from the request's snapshot.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitLayer;
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> RateLimit<S> {
+        RateLimit { inner }
+    }
+}
+
+/// Service behind [`RateLimitLayer`].
+#[derive(Debug, Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for RateLimit<S>
+where
+    S: Service<Request<B>, Response = Response<Body>>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let decision = decide(&req);
+        match decision {
+            Some(
+                d @ Decision {
+                    retry_after_secs: Some(retry_after),
+                    ..
+                },
+            ) => {
+                let mut response = Reject::RateLimited { retry_after }.into_response();
+                add_headers(&mut response, &d);
+                ResponseFuture {
+                    inner: None,
+                    early: Some(response),
+                    decision: None,
+                }
+            }
+            decision => ResponseFuture {
+                inner: Some(self.inner.call(req)),
+                early: None,
+                decision,
+            },
+        }
+    }
+}
+
+fn decide<B>(req: &Request<B>) -> Option<Decision> {
+    let MatchedRoute(route) = req.extensions().get::<MatchedRoute>()?;
+    if route.route.access == crate::config::Access::Public {
+        return None;
+    }
+    let identity = req.extensions().get::<Arc<Identity>>()?;
+    let snapshot = req.extensions().get::<Arc<crate::snapshot::Snapshot>>()?;
+    snapshot.limiter.as_ref()?.check(identity)
+}
+
+fn add_headers(response: &mut Response<Body>, decision: &Decision) {
+    for (name, value) in decision.headers() {
+        response.headers_mut().insert(name, value);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Response future of [`RateLimit`]: a 429 made up front, or the inner response with the
+    /// `RateLimit-*` headers added.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: Option<F>,
+        early: Option<Response<Body>>,
+        decision: Option<Decision>,
+    }
+}
+
+impl<F, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+{
+    type Output = Result<Response<Body>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Some(response) = this.early.take() {
+            return Poll::Ready(Ok(response));
+        }
+        let Some(inner) = this.inner.as_pin_mut() else {
+            // Polled after completion: a bug in the caller; answer rather than panic.
+            return Poll::Ready(Ok(Reject::Internal.into_response()));
+        };
+        let mut response = ready!(inner.poll(cx))?;
+        if let Some(decision) = this.decision {
+            add_headers(&mut response, decision);
+        }
+        Poll::Ready(Ok(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use governor::clock::FakeRelativeClock;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn limits(toml: &str) -> RateLimits {
+        Config::from_toml_str(&format!("[server]\nlisten = \"127.0.0.1:0\"\n{toml}"))
+            .unwrap()
+            .rate_limits
+    }
+
+    fn who(sub: &str, uid: Option<&str>, groups: &[&str]) -> Identity {
+        Identity {
+            sub: sub.into(),
+            uid: uid.map(Into::into),
+            cid: Some("client".into()),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            scopes: vec![],
+            exp: 0,
+            claims: BTreeMap::new(),
+        }
+    }
+
+    const LIMITS: &str = r#"
+[rate_limits]
+default = { requests = 5, per = "1m" }
+[rate_limits.groups]
+slow = { requests = 1, per = "1s" }
+fast = { requests = 100, per = "1s" }
+bursty = { requests = 60, per = "1m", burst = 500 }
+shared = { requests = 2, per = "1s", by = "group" }
+"#;
+
+    #[test]
+    fn the_most_generous_limit_of_the_callers_groups_applies() {
+        let l = RateLimiter::with_clock(&limits(LIMITS), FakeRelativeClock::default());
+        let table: [(&[&str], Option<&str>); 7] = [
+            (&["slow", "fast"], Some("fast")),
+            (&["fast", "slow"], Some("fast")),
+            // 100/s beats 1/s of sustained rate even with a burst of 500.
+            (&["bursty", "fast"], Some("fast")),
+            (&["bursty", "slow"], Some("bursty")),
+            (&["other", "slow"], Some("slow")),
+            (&["other"], None),
+            (&[], None),
+        ];
+        for (groups, want) in table {
+            let s = l.select(&who("alice", None, groups)).unwrap();
+            assert_eq!(s.group, want, "{groups:?}");
+        }
+        let without_default = RateLimiter::with_clock(
+            &limits("[rate_limits.groups]\ng = { requests = 1, per = \"1s\" }"),
+            FakeRelativeClock::default(),
+        );
+        assert_eq!(without_default.select(&who("a", None, &["x"])), None);
+    }
+
+    #[test]
+    fn buckets_are_keyed_by_uid_then_sub_or_by_group() {
+        let l = RateLimiter::with_clock(&limits(LIMITS), FakeRelativeClock::default());
+        assert_eq!(
+            l.select(&who("alice", Some("00u1"), &["slow"]))
+                .unwrap()
+                .bucket,
+            "00u1"
+        );
+        assert_eq!(
+            l.select(&who("svc", None, &["slow"])).unwrap().bucket,
+            "svc"
+        );
+        assert_eq!(
+            l.select(&who("alice", Some("00u1"), &["shared"]))
+                .unwrap()
+                .bucket,
+            "shared"
+        );
+    }
+
+    #[test]
+    fn a_burst_passes_then_429s_say_when_to_retry_and_time_refills() {
+        let clock = FakeRelativeClock::default();
+        let l = RateLimiter::with_clock(
+            &limits("[rate_limits]\ndefault = { requests = 3, per = \"3s\" }"),
+            clock.clone(),
+        );
+        let alice = who("alice", None, &[]);
+        let remaining: Vec<u32> = (0..3).map(|_| l.check(&alice).unwrap().remaining).collect();
+        assert_eq!(remaining, [2, 1, 0]);
+        let refused = l.check(&alice).unwrap();
+        assert_eq!(refused.retry_after_secs, Some(1));
+        assert_eq!((refused.limit, refused.remaining), (3, 0));
+        assert_eq!(refused.reset_secs, 3);
+        clock.advance(Duration::from_millis(999));
+        assert!(l.check(&alice).unwrap().retry_after_secs.is_some());
+        clock.advance(Duration::from_millis(1));
+        let again = l.check(&alice).unwrap();
+        assert_eq!(again.retry_after_secs, None);
+        assert_eq!(again.remaining, 0);
+    }
+
+    #[test]
+    fn retry_after_is_whole_seconds_rounded_up() {
+        let clock = FakeRelativeClock::default();
+        let l = RateLimiter::with_clock(
+            &limits("[rate_limits]\ndefault = { requests = 1, per = \"90s\" }"),
+            clock.clone(),
+        );
+        let alice = who("alice", None, &[]);
+        assert!(l.check(&alice).unwrap().retry_after_secs.is_none());
+        assert_eq!(l.check(&alice).unwrap().retry_after_secs, Some(90));
+        clock.advance(Duration::from_millis(89_500));
+        assert_eq!(l.check(&alice).unwrap().retry_after_secs, Some(1));
+    }
+
+    #[test]
+    fn subjects_are_isolated_and_a_group_bucket_is_shared() {
+        let l = RateLimiter::with_clock(&limits(LIMITS), FakeRelativeClock::default());
+        let (a, b) = (who("a", None, &["slow"]), who("b", None, &["slow"]));
+        assert!(l.check(&a).unwrap().retry_after_secs.is_none());
+        assert!(l.check(&a).unwrap().retry_after_secs.is_some());
+        assert!(
+            l.check(&b).unwrap().retry_after_secs.is_none(),
+            "b has its own bucket"
+        );
+        let (c, d) = (who("c", None, &["shared"]), who("d", None, &["shared"]));
+        assert!(l.check(&c).unwrap().retry_after_secs.is_none());
+        assert!(l.check(&d).unwrap().retry_after_secs.is_none());
+        assert!(
+            l.check(&c).unwrap().retry_after_secs.is_some(),
+            "the group's bucket is empty"
+        );
+    }
+
+    #[test]
+    fn refilled_buckets_are_dropped_and_the_cap_bounds_new_callers() {
+        let clock = FakeRelativeClock::default();
+        let l = RateLimiter::with_clock(
+            &limits(
+                "[rate_limits]\nmax_tracked_callers = 100\ndefault = { requests = 1, per = \"10s\" }",
+            ),
+            clock.clone(),
+        );
+        for i in 0..100 {
+            assert!(
+                l.check(&who(&format!("u{i}"), None, &[]))
+                    .unwrap()
+                    .retry_after_secs
+                    .is_none()
+            );
+        }
+        assert_eq!(l.tracked_callers(), 100);
+        // Beyond the cap, new callers share one overflow bucket: the first passes, the next is
+        // refused, and nothing more is tracked.
+        assert!(
+            l.check(&who("new-1", None, &[]))
+                .unwrap()
+                .retry_after_secs
+                .is_none()
+        );
+        assert!(
+            l.check(&who("new-2", None, &[]))
+                .unwrap()
+                .retry_after_secs
+                .is_some()
+        );
+        assert_eq!(l.tracked_callers(), 100);
+        // Tracked callers keep their own buckets.
+        assert!(
+            l.check(&who("u0", None, &[]))
+                .unwrap()
+                .retry_after_secs
+                .is_some()
+        );
+        // governor keeps a key one replenish interval past the moment its bucket is full.
+        clock.advance(Duration::from_secs(20));
+        l.retain_recent();
+        assert_eq!(
+            l.tracked_callers(),
+            0,
+            "full buckets are indistinguishable from new ones"
+        );
+        assert!(
+            l.check(&who("new-2", None, &[]))
+                .unwrap()
+                .retry_after_secs
+                .is_none()
+        );
+        assert_eq!(l.tracked_callers(), 1);
+    }
+
+    #[test]
+    fn callers_with_a_non_full_bucket_are_kept() {
+        let clock = FakeRelativeClock::default();
+        let l = RateLimiter::with_clock(
+            &limits("[rate_limits]\ndefault = { requests = 2, per = \"10s\" }"),
+            clock.clone(),
+        );
+        l.check(&who("a", None, &[]));
+        clock.advance(Duration::from_secs(1));
+        l.retain_recent();
+        assert_eq!(l.tracked_callers(), 1);
+    }
+}
