@@ -1,30 +1,31 @@
-//! The admin listener: `/healthz` (the process is up) and `/readyz` (it should get traffic).
+//! The admin listener: `/healthz` (the process is up), `/readyz` (it should get traffic) and
+//! `/metrics` (Prometheus text, SPEC §6).
 //!
-//! `/readyz` answers 503 once a drain has begun, so a load balancer stops sending new requests
-//! while the in-flight ones finish.
+//! `/readyz` answers 503 until the issuer's signing keys are loaded (when there is an issuer)
+//! and as soon as a drain has begun, so a load balancer stops sending new requests while the
+//! in-flight ones finish.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
-use crate::auth::jwks::KeyCache;
 use crate::body::{self, Body};
+use crate::snapshot::Live;
 
-/// Readiness state shared by the listeners and the admin endpoints.
-#[derive(Debug, Default)]
-pub struct Health {
+/// Readiness state and metrics, read by the admin endpoints.
+#[derive(Debug)]
+pub struct Admin {
     draining: AtomicBool,
-    keys: Option<Arc<KeyCache>>,
+    live: Live,
 }
 
-impl Health {
-    /// Readiness that also waits for `keys` to hold signing keys (SPEC §4), if given.
-    pub fn new(keys: Option<Arc<KeyCache>>) -> Health {
-        Health {
+impl Admin {
+    /// Admin endpoints over the configuration in force.
+    pub fn new(live: Live) -> Admin {
+        Admin {
             draining: AtomicBool::new(false),
-            keys,
+            live,
         }
     }
 
@@ -36,45 +37,76 @@ impl Health {
     /// Whether the gateway should receive traffic: not draining, and signing keys loaded
     /// when there is an issuer.
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::Acquire)
-            && self.keys.as_ref().is_none_or(|k| k.current().is_some())
+        !self.draining.load(Ordering::Acquire) && self.keys_loaded()
     }
 
-    /// Why it is not ready, for the `/readyz` body.
-    fn not_ready_reason(&self) -> &'static str {
-        if self.draining.load(Ordering::Acquire) {
-            "draining\n"
-        } else {
-            "signing keys not loaded\n"
+    fn keys_loaded(&self) -> bool {
+        self.live
+            .load()
+            .auth
+            .as_ref()
+            .is_none_or(|a| a.keys().current().is_some())
+    }
+
+    /// Answers one admin request.
+    pub fn respond<B>(&self, req: &Request<B>) -> Response<Body> {
+        let get = matches!(*req.method(), Method::GET | Method::HEAD);
+        let (status, content_type, text) = match (get, req.uri().path()) {
+            (true, "/healthz") => (StatusCode::OK, TEXT, "ok\n".to_owned()),
+            (true, "/readyz") if self.is_ready() => (StatusCode::OK, TEXT, "ready\n".to_owned()),
+            (true, "/readyz") if self.draining.load(Ordering::Acquire) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
+                "draining\n".to_owned(),
+            ),
+            (true, "/readyz") => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
+                "signing keys not loaded\n".to_owned(),
+            ),
+            (true, "/metrics") => (StatusCode::OK, METRICS, self.render_metrics()),
+            (false, "/healthz" | "/readyz" | "/metrics") => {
+                (StatusCode::METHOD_NOT_ALLOWED, TEXT, "use GET\n".to_owned())
+            }
+            _ => (StatusCode::NOT_FOUND, TEXT, "not found\n".to_owned()),
+        };
+        let mut response = Response::new(body::full(text));
+        *response.status_mut() = status;
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        response
+    }
+
+    /// Refreshes the gauges read at scrape time and renders every metric.
+    fn render_metrics(&self) -> String {
+        let snapshot = self.live.load();
+        let metrics = &snapshot.metrics;
+        if let Some(keys) = snapshot.auth.as_ref().map(|a| a.keys()) {
+            let held = keys.current().map_or(0, |k| k.keys.len());
+            metrics
+                .signing_keys
+                .set(i64::try_from(held).unwrap_or(i64::MAX));
+            metrics
+                .signing_keys_age
+                .set(keys.age().map_or(f64::NAN, |a| a.as_secs_f64()));
         }
+        metrics.render()
     }
 }
 
-/// Answers one admin request.
-pub fn respond<B>(health: &Arc<Health>, req: &Request<B>) -> Response<Body> {
-    let (status, text) = match (req.method(), req.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, "ok\n"),
-        (&Method::GET | &Method::HEAD, "/readyz") if health.is_ready() => {
-            (StatusCode::OK, "ready\n")
-        }
-        (&Method::GET | &Method::HEAD, "/readyz") => {
-            (StatusCode::SERVICE_UNAVAILABLE, health.not_ready_reason())
-        }
-        (_, "/healthz" | "/readyz") => (StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
-        _ => (StatusCode::NOT_FOUND, "not found\n"),
-    };
-    let mut response = Response::new(body::full(text));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
+const TEXT: &str = "text/plain; charset=utf-8";
+const METRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use arc_swap::ArcSwap;
+
     use super::*;
+    use crate::config::Config;
+    use crate::snapshot::Snapshot;
 
     fn get(path: &str) -> Request<()> {
         Request::get(path).body(()).unwrap()
@@ -82,16 +114,19 @@ mod tests {
 
     #[test]
     fn readyz_turns_unavailable_when_draining_and_healthz_stays_ok() {
-        let health = Arc::new(Health::default());
-        assert_eq!(respond(&health, &get("/readyz")).status(), StatusCode::OK);
-        health.start_draining();
+        let config = Config::from_toml_str("[server]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+        let live: Live = Arc::new(ArcSwap::from_pointee(Snapshot::new(Arc::new(config), None)));
+        let admin = Admin::new(live);
+        assert_eq!(admin.respond(&get("/readyz")).status(), StatusCode::OK);
+        admin.start_draining();
         assert_eq!(
-            respond(&health, &get("/readyz")).status(),
+            admin.respond(&get("/readyz")).status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
-        assert_eq!(respond(&health, &get("/healthz")).status(), StatusCode::OK);
+        assert_eq!(admin.respond(&get("/healthz")).status(), StatusCode::OK);
+        assert_eq!(admin.respond(&get("/metrics")).status(), StatusCode::OK);
         assert_eq!(
-            respond(&health, &get("/other")).status(),
+            admin.respond(&get("/other")).status(),
             StatusCode::NOT_FOUND
         );
     }

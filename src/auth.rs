@@ -23,6 +23,7 @@ use tower_http::auth::{AsyncAuthorizeRequest, AsyncRequireAuthorizationLayer};
 
 use crate::body::Body;
 use crate::config::{Access, Okta};
+use crate::metrics::Metrics;
 use crate::reject::Reject;
 use crate::route::MatchedRoute;
 use crate::snapshot::Snapshot;
@@ -38,16 +39,23 @@ pub struct Authenticator {
     keys: Arc<KeyCache>,
     cache: Option<TokenCache>,
     max_token_bytes: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl Authenticator {
     /// An authenticator for `okta`, reading keys from `keys`.
     pub fn new(okta: &Okta, keys: Arc<KeyCache>) -> Authenticator {
+        Authenticator::with_metrics(okta, keys, Arc::new(Metrics::new()))
+    }
+
+    /// Like [`Authenticator::new`], counting token-cache lookups in `metrics`.
+    pub fn with_metrics(okta: &Okta, keys: Arc<KeyCache>, metrics: Arc<Metrics>) -> Authenticator {
         Authenticator {
             policy: Policy::new(okta),
             keys,
             cache: (okta.token_cache_size > 0).then(|| TokenCache::new(okta.token_cache_size)),
             max_token_bytes: okta.max_token_bytes,
+            metrics,
         }
     }
 
@@ -77,12 +85,12 @@ impl Authenticator {
         let Some(mut keys) = self.keys.current() else {
             return Err(Reject::KeysUnavailable);
         };
-        if let Some(identity) = self
-            .cache
-            .as_ref()
-            .and_then(|c| c.get(token, keys.generation, now))
-        {
-            return Ok(identity);
+        if let Some(cache) = &self.cache {
+            if let Some(identity) = cache.get(token, keys.generation, now) {
+                Metrics::count(&self.metrics.token_cache, "hit");
+                return Ok(identity);
+            }
+            Metrics::count(&self.metrics.token_cache, "miss");
         }
         let parsed = validate::parse(token, &self.policy).map_err(Reject::InvalidToken)?;
         let mut verified = validate::verify(&parsed, &keys, &self.policy, now);
@@ -135,6 +143,9 @@ impl<B: Send + 'static> AsyncAuthorizeRequest<B> for Authenticate {
                 .await;
             match outcome {
                 Ok(identity) => {
+                    if let Some(record) = crate::access_log::Record::of(&req) {
+                        let _ = record.subject.set(identity.sub.clone());
+                    }
                     req.extensions_mut().insert(identity);
                     Ok(req)
                 }

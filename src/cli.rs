@@ -15,6 +15,19 @@ pub struct Cli {
     /// What to do; `run` when omitted.
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Log format: `json` (one object per line) or `text`. Default: text on a terminal, json
+    /// otherwise. `RUST_LOG` filters what is logged (default `info`).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
 }
 
 /// The subcommands.
@@ -28,6 +41,9 @@ pub enum Command {
     /// Run a local Okta-compatible issuer, an echo upstream and the gateway on loopback, and
     /// print the curl commands to try them.
     Demo(DemoConfigPath),
+    /// Ask a running gateway's admin listener whether it is healthy: exit 0 if `/healthz`
+    /// (or `--path`) answers 200, 1 otherwise. Needs no shell, for container health checks.
+    Health(HealthArgs),
 }
 
 /// `--config PATH`.
@@ -36,6 +52,17 @@ pub struct ConfigPath {
     /// Path of the TOML configuration file.
     #[arg(long, short, default_value = "config/jwtgate.toml")]
     pub config: PathBuf,
+}
+
+/// Arguments of `jwtgate health`.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// Configuration whose `server.admin_listen` is asked.
+    #[arg(long, short, default_value = "config/jwtgate.toml")]
+    pub config: PathBuf,
+    /// Admin path to ask: `/healthz` (alive) or `/readyz` (ready for traffic).
+    #[arg(long, default_value = "/healthz")]
+    pub path: String,
 }
 
 /// `--config PATH` for the demo.
@@ -78,6 +105,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Some(Command::Run(c)) => run_gateway(&c.config),
         Some(Command::Check(c)) => check(&c.config),
         Some(Command::Demo(c)) => demo(&c.config),
+        Some(Command::Health(h)) => health(&h),
     }
 }
 
@@ -134,6 +162,50 @@ fn demo(path: &Path) -> Result<(), CliError> {
     })
 }
 
+fn health(args: &HealthArgs) -> Result<(), CliError> {
+    let config = load(&args.config)?;
+    let Some(mut admin) = config.server.admin_listen else {
+        return Err(CliError::Config(format!(
+            "{}: server.admin_listen is not set, so there is nothing to ask",
+            args.config.display()
+        )));
+    };
+    if admin.ip().is_unspecified() {
+        admin.set_ip(if admin.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let url = format!("http://{admin}{}", args.path);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Fatal(format!("cannot start the runtime: {e}")))?;
+    let status = runtime.block_on(async {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<crate::body::Body>();
+        let request = http::Request::get(&url)
+            .body(crate::body::empty())
+            .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(std::time::Duration::from_secs(3), client.request(request)).await
+        {
+            Ok(Ok(response)) => Ok(response.status()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 3s".to_owned()),
+        }
+    });
+    match status {
+        Ok(s) if s.is_success() => {
+            println!("{url}: {s}");
+            Ok(())
+        }
+        Ok(s) => Err(CliError::Fatal(format!("{url}: {s}"))),
+        Err(e) => Err(CliError::Fatal(format!("{url}: {e}"))),
+    }
+}
+
 fn run_gateway(path: &Path) -> Result<(), CliError> {
     let config = load(path)?;
     if config.demo.is_some() {
@@ -145,7 +217,10 @@ fn run_gateway(path: &Path) -> Result<(), CliError> {
             StartError::Tls(e) => CliError::Config(e.to_string()),
             other => CliError::Fatal(other.to_string()),
         })?;
+        let reloader = crate::reload::spawn(path.to_path_buf(), gateway.control(), true)
+            .map_err(|e| CliError::Fatal(format!("cannot watch {}: {e}", path.display())))?;
         signals.recv().await;
+        reloader.abort();
         tracing::info!("shutdown requested");
         gateway.shutdown();
         gateway.wait().await;

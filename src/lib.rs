@@ -20,10 +20,13 @@
 //! - [`reject`]: every refusal and its response.
 //! - [`stack`]: the layer order.
 //! - [`server`]: listeners, TLS, connections, drain.
-//! - [`admin`]: `/healthz`, `/readyz`.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`access_log`]: one structured line per request.
 //! - [`echo`]: an echo upstream for the demo and the tests.
 //! - [`issuer`]: a local Okta-compatible issuer for the demo, the tests and the benches.
 //! - [`demo`]: `jwtgate demo`: issuer, echo upstream and gateway on loopback.
+//! - [`reload`]: live reload on SIGHUP and file change.
 //! - [`cli`]: the command line and exit codes.
 
 pub mod config;
@@ -36,12 +39,15 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod route;
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod cli;
 pub mod demo;
 pub mod echo;
 pub mod issuer;
+pub mod metrics;
 pub mod reject;
+pub mod reload;
 pub mod server;
 pub mod stack;

@@ -4,20 +4,31 @@ use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::Parser;
+use jwtgate::cli::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = jwtgate::cli::Cli::parse();
-    tracing_subscriber::fmt()
+    let terminal = std::io::stderr().is_terminal();
+    let json = match cli.log_format {
+        Some(LogFormat::Json) => true,
+        Some(LogFormat::Text) => false,
+        None => !terminal,
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(terminal && !json)
         // A closed or full stderr must not take the gateway down: tracing-subscriber would
         // otherwise report the failed write with `eprintln!`, which panics.
-        .log_internal_errors(false)
-        .init();
+        .log_internal_errors(false);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
     match jwtgate::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -122,6 +122,9 @@ async fn forward(client: &HttpClient, mut req: Request<Body>) -> Result<Response
         return Err(Reject::UpstreamFailed);
     };
 
+    if let Some(record) = crate::access_log::Record::of(&req) {
+        let _ = record.upstream.set(target.to_string());
+    }
     let path = upstream_path(&route.route, req.uri().path());
     let pq = match req.uri().query() {
         Some(q) => format!("{path}?{q}"),
@@ -161,19 +164,32 @@ async fn forward(client: &HttpClient, mut req: Request<Body>) -> Result<Response
     });
 
     let deadline = route.upstream.timeout;
+    let upstream_error = |kind: &'static str| {
+        snapshot
+            .metrics
+            .upstream_errors
+            .get_or_create(&crate::metrics::UpstreamErrorLabels {
+                upstream: route.upstream.name.clone(),
+                kind,
+            })
+            .inc();
+    };
     match tokio::time::timeout(deadline, client.request(req)).await {
         Err(_) => {
             tracing::warn!(upstream = %route.upstream.name, %target, ?deadline, "upstream timed out");
+            upstream_error("timeout");
             Err(Reject::UpstreamTimeout)
         }
         Ok(Err(e)) => {
+            let kind = error_kind(&e);
             tracing::warn!(
                 upstream = %route.upstream.name,
                 %target,
-                connect = e.is_connect(),
+                kind,
                 error = %error_chain(&e),
                 "upstream failed"
             );
+            upstream_error(kind);
             Err(Reject::UpstreamFailed)
         }
         Ok(Ok(mut response)) => {
@@ -225,6 +241,27 @@ fn upstream_path<'a>(route: &crate::config::Route, path: &'a str) -> &'a str {
     match path.get(route.path.len()..) {
         Some(rest) if rest.starts_with('/') => rest,
         _ => "/",
+    }
+}
+
+/// `refused`, `connect_timeout`, `connect_error` or `reset`, for metrics.
+fn error_kind(e: &hyper_util::client::legacy::Error) -> &'static str {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if cause.is::<upstream::ConnectTimeout>() {
+            return "connect_timeout";
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return "refused";
+        }
+        source = cause.source();
+    }
+    if e.is_connect() {
+        "connect_error"
+    } else {
+        "reset"
     }
 }
 

@@ -160,8 +160,9 @@ struct Bucket<C: Clock> {
 
 /// The limits of one configuration and their buckets.
 pub struct RateLimiter<C: Clock = DefaultClock> {
-    default: Option<Bucket<C>>,
-    groups: BTreeMap<String, Bucket<C>>,
+    default: Option<Arc<Bucket<C>>>,
+    groups: BTreeMap<String, Arc<Bucket<C>>>,
+    max_tracked_callers: usize,
     clock: C,
 }
 
@@ -179,19 +180,45 @@ impl RateLimiter<DefaultClock> {
     pub fn new(limits: &RateLimits) -> RateLimiter<DefaultClock> {
         RateLimiter::with_clock(limits, DefaultClock::default())
     }
+
+    /// The limiter of `[rate_limits]`, keeping `previous`'s buckets (and so its callers'
+    /// state) for every limit that did not change.
+    pub fn reusing(limits: &RateLimits, previous: Option<&RateLimiter>) -> RateLimiter {
+        let mut fresh = RateLimiter::new(limits);
+        let Some(previous) =
+            previous.filter(|p| p.max_tracked_callers == limits.max_tracked_callers)
+        else {
+            return fresh;
+        };
+        let keep = |new: &mut Arc<Bucket<DefaultClock>>,
+                    old: Option<&Arc<Bucket<DefaultClock>>>| {
+            if let Some(old) = old.filter(|o| o.limit == new.limit) {
+                *new = old.clone();
+            }
+        };
+        if let Some(d) = fresh.default.as_mut() {
+            keep(d, previous.default.as_ref());
+        }
+        for (group, bucket) in &mut fresh.groups {
+            keep(bucket, previous.groups.get(group));
+        }
+        fresh
+    }
 }
 
 impl<C: Clock + Clone> RateLimiter<C> {
     /// The limiter of `[rate_limits]` on `clock` (governor's `FakeRelativeClock` in tests).
     pub fn with_clock(limits: &RateLimits, clock: C) -> RateLimiter<C> {
-        let bucket = |limit: &Limit| Bucket {
-            limit: *limit,
-            limiter: governor::RateLimiter::<String, _, C, NoOpMiddleware<C::Instant>>::new(
-                quota(limit),
-                CappedStore::new(limits.max_tracked_callers),
-                clock.clone(),
-            )
-            .with_middleware::<StateInformationMiddleware>(),
+        let bucket = |limit: &Limit| {
+            Arc::new(Bucket {
+                limit: *limit,
+                limiter: governor::RateLimiter::<String, _, C, NoOpMiddleware<C::Instant>>::new(
+                    quota(limit),
+                    CappedStore::new(limits.max_tracked_callers),
+                    clock.clone(),
+                )
+                .with_middleware::<StateInformationMiddleware>(),
+            })
         };
         RateLimiter {
             default: limits.default.as_ref().map(bucket),
@@ -200,6 +227,7 @@ impl<C: Clock + Clone> RateLimiter<C> {
                 .iter()
                 .map(|(g, l)| (g.clone(), bucket(l)))
                 .collect(),
+            max_tracked_callers: limits.max_tracked_callers,
             clock,
         }
     }
@@ -235,7 +263,14 @@ impl<C: Clock + Clone> RateLimiter<C> {
 
     /// Charges one request to `identity`'s bucket; `None` when no limit applies.
     pub fn check(&self, identity: &Identity) -> Option<Decision> {
+        self.check_named(identity).map(|(d, _)| d)
+    }
+
+    /// Like [`RateLimiter::check`], also naming the limit that applied (its group, or
+    /// `default`).
+    pub fn check_named(&self, identity: &Identity) -> Option<(Decision, &str)> {
         let selected = self.select(identity)?;
+        let name = selected.group.unwrap_or("default");
         let bucket = match selected.group {
             Some(g) => self.groups.get(g)?,
             None => self.default.as_ref()?,
@@ -243,7 +278,7 @@ impl<C: Clock + Clone> RateLimiter<C> {
         let limit = selected.limit;
         let interval = quota(&limit).replenish_interval();
         let burst = limit.burst.get();
-        Some(match bucket.limiter.check_key(&selected.bucket) {
+        let decision = match bucket.limiter.check_key(&selected.bucket) {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity().min(burst);
                 Decision {
@@ -262,7 +297,8 @@ impl<C: Clock + Clone> RateLimiter<C> {
                     retry_after_secs: Some(ceil_secs(wait).max(1)),
                 }
             }
-        })
+        };
+        Some((decision, name))
     }
 
     /// Drops callers whose buckets are full again (indistinguishable from new ones).
@@ -385,7 +421,21 @@ fn decide<B>(req: &Request<B>) -> Option<Decision> {
     }
     let identity = req.extensions().get::<Arc<Identity>>()?;
     let snapshot = req.extensions().get::<Arc<crate::snapshot::Snapshot>>()?;
-    snapshot.limiter.as_ref()?.check(identity)
+    let (decision, limit) = snapshot.limiter.as_ref()?.check_named(identity)?;
+    let decided = if decision.retry_after_secs.is_some() {
+        "limited"
+    } else {
+        "allowed"
+    };
+    snapshot
+        .metrics
+        .ratelimit
+        .get_or_create(&crate::metrics::LimitLabels {
+            limit: limit.to_owned(),
+            decision: decided,
+        })
+        .inc();
+    Some(decision)
 }
 
 fn add_headers(response: &mut Response<Body>, decision: &Decision) {
@@ -620,6 +670,26 @@ shared = { requests = 2, per = "1s", by = "group" }
                 .is_none()
         );
         assert_eq!(l.tracked_callers(), 1);
+    }
+
+    #[test]
+    fn a_reload_keeps_the_buckets_of_unchanged_limits_only() {
+        let before = RateLimiter::new(&limits(LIMITS));
+        let alice = who("alice", None, &["slow"]);
+        let carol = who("carol", None, &["fast"]);
+        assert!(before.check(&alice).unwrap().retry_after_secs.is_none());
+        assert!(before.check(&carol).unwrap().retry_after_secs.is_none());
+        let changed = LIMITS.replace("fast = { requests = 100", "fast = { requests = 50");
+        let after = RateLimiter::reusing(&limits(&changed), Some(&before));
+        assert!(
+            after.check(&alice).unwrap().retry_after_secs.is_some(),
+            "slow kept its state"
+        );
+        assert_eq!(
+            after.check(&carol).unwrap().remaining,
+            49,
+            "fast started afresh"
+        );
     }
 
     #[test]

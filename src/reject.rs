@@ -11,6 +11,10 @@ use crate::auth::validate::Reason;
 use crate::body::{self, Body};
 use crate::normalize::BadPath;
 
+/// Response extension: the gateway refused the request, for this reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal(pub &'static str);
+
 /// A refusal: the request ends here with the status SPEC §3 gives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reject {
@@ -62,6 +66,25 @@ impl Reject {
     /// The fixed `error_description`, safe to log.
     pub fn description(&self) -> &'static str {
         self.parts().2
+    }
+
+    /// The fixed name used in metrics and the access log.
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            Reject::BadPath(_) => "bad_path",
+            Reject::BadFraming => "bad_framing",
+            Reject::NoRoute => "no_route",
+            Reject::MethodNotAllowed { .. } => "method_not_allowed",
+            Reject::MissingToken => "missing_token",
+            Reject::InvalidRequest => "multiple_credentials",
+            Reject::InvalidToken(reason) => reason.metric_name(),
+            Reject::KeysUnavailable => "keys_unavailable",
+            Reject::RateLimited { .. } => "rate_limited",
+            Reject::Forbidden { .. } => "forbidden",
+            Reject::UpstreamFailed => "upstream_failed",
+            Reject::UpstreamTimeout => "upstream_timeout",
+            Reject::Internal => "internal",
+        }
     }
 
     /// Status, `error` code and fixed description.
@@ -140,13 +163,16 @@ impl Reject {
         }
     }
 
-    /// Builds the response: status, JSON body and the headers SPEC §3 asks for.
+    /// Builds the response: status, JSON body and the headers SPEC §3 asks for. The response
+    /// carries a [`Refusal`] extension for the access log and metrics.
     pub fn into_response(self) -> Response<Body> {
         let (status, error, description) = self.parts();
+        let refusal = Refusal(self.metric_reason());
         // Both strings are fixed ASCII without quotes or backslashes, so no escaping is needed.
         let json = format!(r#"{{"error":"{error}","error_description":"{description}"}}"#);
         let mut response = Response::new(body::full(json));
         *response.status_mut() = status;
+        response.extensions_mut().insert(refusal);
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         match self {

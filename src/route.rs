@@ -139,6 +139,10 @@ impl<B> ValidateRequest<B> for MatchRoute {
             .find(req.method(), req.uri().path())
             .map_err(Reject::into_response)?
             .clone();
+        if let Some(record) = crate::access_log::Record::of(req) {
+            let _ = record.path.set(req.uri().path().to_owned());
+            let _ = record.route.set(matched.route.path.clone());
+        }
         req.extensions_mut().insert(MatchedRoute(matched));
         Ok(())
     }

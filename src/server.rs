@@ -26,12 +26,10 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
-use crate::admin::{self, Health};
-use crate::auth::jwks::KeyCache;
+use crate::admin::Admin;
 use crate::body;
 use crate::config::Config;
-use crate::proxy::{self, upstream::ConnectTimeouts};
-use crate::snapshot::{Live, Snapshot};
+use crate::snapshot::{CompileError, Live, Shared};
 use crate::stack::{self, GatewayService};
 
 /// Request extension: what the gateway knows about the client connection.
@@ -65,22 +63,122 @@ pub enum StartError {
     /// The upstream client could not be built.
     #[error("cannot build the upstream client: {0}")]
     Client(#[from] rustls::Error),
+    /// The configuration could not be compiled.
+    #[error("{0}")]
+    Compile(String),
 }
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A running gateway: its bound addresses and the handle to stop it.
+/// A running gateway: its bound addresses and the handles to reload and stop it.
 #[derive(Debug)]
 pub struct Gateway {
     listen: SocketAddr,
     admin: Option<SocketAddr>,
-    live: Live,
+    control: Arc<Control>,
     shutdown: watch::Sender<bool>,
     proxy_task: JoinHandle<()>,
     admin_task: Option<JoinHandle<()>>,
-    refresh_task: Option<JoinHandle<()>>,
     housekeeping: JoinHandle<()>,
+}
+
+/// Reloads the configuration of a running gateway; cheap to clone behind an `Arc`.
+#[derive(Debug)]
+pub struct Control {
+    live: Live,
+    shared: Shared,
+    /// Serialises reloads: two at once would race on which snapshot is "previous".
+    reloading: tokio::sync::Mutex<()>,
+    started_with: crate::config::Server,
+}
+
+/// Why a reload was refused; the previous configuration stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file has problems (the same ones `jwtgate check` prints).
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigErrors),
+    /// The new configuration cannot be put in force (e.g. the new issuer's keys).
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+}
+
+impl Control {
+    /// The configuration in force.
+    pub fn live(&self) -> &Live {
+        &self.live
+    }
+
+    /// The process's metrics.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.shared.metrics
+    }
+
+    /// Puts `config` in force: every request that starts after the swap sees all of it, every
+    /// request already running keeps the configuration it started with. Keys of an unchanged
+    /// issuer and buckets of unchanged limits are kept. `[server]` changes (listeners, TLS,
+    /// workers, grace) need a restart and are reported, not applied.
+    ///
+    /// # Errors
+    ///
+    /// The new configuration cannot be put in force; the old one stays.
+    pub async fn reload(&self, config: Config) -> Result<(), ReloadError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let result = self.reload_locked(config).await;
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        crate::metrics::Metrics::count(&self.shared.metrics.reloads, outcome);
+        result
+    }
+
+    async fn reload_locked(&self, config: Config) -> Result<(), ReloadError> {
+        let server = &config.server;
+        let old = &self.started_with;
+        let tls_changed = server.tls.as_ref().map(|t| (&t.cert, &t.key))
+            != old.tls.as_ref().map(|t| (&t.cert, &t.key));
+        if server.listen != old.listen
+            || server.admin_listen != old.admin_listen
+            || server.workers != old.workers
+            || server.shutdown_grace != old.shutdown_grace
+            || tls_changed
+        {
+            tracing::warn!(
+                "[server] changed: listeners, TLS, workers and grace apply after a restart"
+            );
+        }
+        let previous = self.live.load_full();
+        let snapshot = self
+            .shared
+            .compile(Arc::new(config), Some(&previous), true)
+            .await?;
+        self.live.store(Arc::new(snapshot));
+        tracing::info!("configuration reloaded");
+        Ok(())
+    }
+
+    /// Reads `path` and reloads it, logging each problem of an invalid file the way `check`
+    /// prints it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Control::reload`], or the file is invalid.
+    pub async fn reload_file(&self, path: &std::path::Path) -> Result<(), ReloadError> {
+        let config = match Config::load(path) {
+            Ok(c) => c,
+            Err(errors) => {
+                for e in &errors.0 {
+                    tracing::error!(problem = %e, "configuration reload refused");
+                }
+                crate::metrics::Metrics::count(&self.shared.metrics.reloads, "failure");
+                return Err(errors.into());
+            }
+        };
+        let result = self.reload(config).await;
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "configuration reload refused");
+        }
+        result
+    }
 }
 
 impl Gateway {
@@ -94,18 +192,15 @@ impl Gateway {
         let grace = config.server.shutdown_grace;
         let listen_addr = config.server.listen;
         let admin_addr = config.server.admin_listen;
+        let started_with = config.server.clone();
 
-        let timeouts = ConnectTimeouts::default();
-        let client = proxy::client(timeouts.clone())?;
-        let keys = config
-            .okta
-            .as_ref()
-            .map(|okta| KeyCache::new(okta, client.clone()));
-        let refresh_task = keys.as_ref().map(KeyCache::spawn_refresh);
-        let snapshot = Snapshot::new(Arc::new(config), keys.clone());
-        timeouts.install(snapshot.upstreams.values().map(AsRef::as_ref));
+        let shared = Shared::new()?;
+        let snapshot = shared
+            .compile(Arc::new(config), None, false)
+            .await
+            .map_err(|e| StartError::Compile(e.0))?;
         let live: Live = Arc::new(ArcSwap::from_pointee(snapshot));
-        let service = stack::build(live.clone(), client);
+        let service = stack::build(live.clone(), shared.client.clone(), shared.metrics.clone());
         let housekeeping = tokio::spawn(housekeeping(live.clone()));
 
         let listener = bind(listen_addr).await?;
@@ -113,7 +208,7 @@ impl Gateway {
             addr: listen_addr,
             source,
         })?;
-        let health = Arc::new(Health::new(keys));
+        let admin_state = Arc::new(Admin::new(live.clone()));
         let (admin, admin_task) = match admin_addr {
             Some(addr) => {
                 let l = bind(addr).await?;
@@ -123,7 +218,7 @@ impl Gateway {
                 tracing::info!(addr = %bound, "admin listening");
                 (
                     Some(bound),
-                    Some(tokio::spawn(serve_admin(l, health.clone()))),
+                    Some(tokio::spawn(serve_admin(l, admin_state.clone()))),
                 )
             }
             None => (None, None),
@@ -137,16 +232,20 @@ impl Gateway {
             service,
             shutdown_rx,
             grace,
-            health,
+            admin_state,
         ));
         Ok(Gateway {
             listen,
             admin,
-            live,
+            control: Arc::new(Control {
+                live,
+                shared,
+                reloading: tokio::sync::Mutex::new(()),
+                started_with,
+            }),
             shutdown,
             proxy_task,
             admin_task,
-            refresh_task,
             housekeeping,
         })
     }
@@ -163,7 +262,21 @@ impl Gateway {
 
     /// The configuration in force.
     pub fn live(&self) -> &Live {
-        &self.live
+        &self.control.live
+    }
+
+    /// The reload handle.
+    pub fn control(&self) -> Arc<Control> {
+        self.control.clone()
+    }
+
+    /// Puts a new configuration in force (see [`Control::reload`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Control::reload`].
+    pub async fn reload(&self, config: Config) -> Result<(), ReloadError> {
+        self.control.reload(config).await
     }
 
     /// Starts the drain: stop accepting, finish in-flight requests within the grace period.
@@ -179,10 +292,8 @@ impl Gateway {
         if let Some(admin) = self.admin_task {
             admin.abort();
         }
-        if let Some(refresh) = self.refresh_task {
-            refresh.abort();
-        }
         self.housekeeping.abort();
+        self.control.shared.stop();
     }
 }
 
@@ -213,7 +324,7 @@ async fn serve_proxy(
     service: GatewayService,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
-    health: Arc<Health>,
+    admin: Arc<Admin>,
 ) {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -247,7 +358,7 @@ async fn serve_proxy(
         }
     }
     drop(listener);
-    health.start_draining();
+    admin.start_draining();
     tracing::info!(connections = graceful.count(), ?grace, "draining");
     match tokio::time::timeout(grace, graceful.shutdown()).await {
         Ok(()) => tracing::info!("drained"),
@@ -342,7 +453,7 @@ impl hyper::service::Service<Request<Incoming>> for HyperService {
     }
 }
 
-async fn serve_admin(listener: TcpListener, health: Arc<Health>) {
+async fn serve_admin(listener: TcpListener, admin: Arc<Admin>) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -352,10 +463,10 @@ async fn serve_admin(listener: TcpListener, health: Arc<Health>) {
                 continue;
             }
         };
-        let health = health.clone();
+        let admin = admin.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let response = admin::respond(&health, &req);
+                let response = admin.respond(&req);
                 async move { Ok::<_, std::convert::Infallible>(response) }
             });
             let _ = auto::Builder::new(TokioExecutor::new())

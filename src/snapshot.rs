@@ -1,24 +1,29 @@
-//! One configuration compiled for serving, and the live holder that reloads swap.
+//! One configuration compiled for serving, the live holder that reloads swap, and the state
+//! that outlives configurations.
 //!
-//! A request loads the live [`Snapshot`] once (in the outermost layer) and carries the
+//! A request loads the live [`Snapshot`] once (in an outer layer) and carries the
 //! `Arc<Snapshot>` in its extensions, so a reload in the middle of a request never mixes two
-//! configurations (STYLE rule 8).
+//! configurations (STYLE rule 8). [`Shared`] keeps what must survive a reload: the upstream
+//! client, the issuer's keys, limiter buckets of unchanged limits, and the metrics.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use http::Request;
+use tokio::task::JoinHandle;
 use tower::util::MapRequestLayer;
 
 use crate::auth::Authenticator;
 use crate::auth::jwks::KeyCache;
 use crate::config::Config;
-use crate::proxy::upstream::UpstreamPool;
+use crate::metrics::Metrics;
+use crate::proxy::HttpClient;
+use crate::proxy::upstream::{ConnectTimeouts, UpstreamPool};
 use crate::ratelimit::RateLimiter;
 use crate::route::{CompiledRoute, RouteTable};
 
-/// A validated configuration, compiled: route table and upstream pools.
+/// A validated configuration, compiled: route table, upstream pools, token checks, limits.
 #[derive(Debug)]
 pub struct Snapshot {
     /// The configuration it was built from.
@@ -31,15 +36,27 @@ pub struct Snapshot {
     pub auth: Option<Arc<Authenticator>>,
     /// Per-group rate limits; `None` when none is configured.
     pub limiter: Option<Arc<RateLimiter>>,
+    /// The process's metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The configuration in force; swapped whole on reload.
 pub type Live = Arc<ArcSwap<Snapshot>>;
 
 impl Snapshot {
-    /// Compiles a validated configuration; `keys` holds the signing keys of its `[okta]`
-    /// issuer (kept by the caller so that they outlive a reload).
+    /// Compiles a validated configuration with fresh limiter state and its own metrics;
+    /// `keys` holds the signing keys of its `[okta]` issuer.
     pub fn new(config: Arc<Config>, keys: Option<Arc<KeyCache>>) -> Snapshot {
+        let limiter = RateLimiter::new(&config.rate_limits);
+        Snapshot::from_parts(config, keys, limiter, Arc::new(Metrics::new()))
+    }
+
+    fn from_parts(
+        config: Arc<Config>,
+        keys: Option<Arc<KeyCache>>,
+        limiter: RateLimiter,
+        metrics: Arc<Metrics>,
+    ) -> Snapshot {
         let upstreams: BTreeMap<String, Arc<UpstreamPool>> = config
             .upstreams
             .iter()
@@ -52,19 +69,127 @@ impl Snapshot {
             })
         }));
         let auth = match (&config.okta, keys) {
-            (Some(okta), Some(keys)) => Some(Arc::new(Authenticator::new(okta, keys))),
+            (Some(okta), Some(keys)) => Some(Arc::new(Authenticator::with_metrics(
+                okta,
+                keys,
+                metrics.clone(),
+            ))),
             _ => None,
         };
-        let limiter =
-            Some(Arc::new(RateLimiter::new(&config.rate_limits))).filter(|l| !l.is_empty());
+        let limiter = Some(Arc::new(limiter)).filter(|l| !l.is_empty());
         Snapshot {
             config,
             routes,
             upstreams,
             auth,
             limiter,
+            metrics,
         }
     }
+}
+
+/// State that outlives any one configuration.
+#[derive(Debug)]
+pub struct Shared {
+    /// The one pooled client for upstreams and the issuer.
+    pub client: HttpClient,
+    /// Connect deadlines by target, refreshed with every snapshot.
+    pub timeouts: ConnectTimeouts,
+    /// The process's metrics.
+    pub metrics: Arc<Metrics>,
+    keys: Mutex<Option<KeySource>>,
+}
+
+#[derive(Debug)]
+struct KeySource {
+    cache: Arc<KeyCache>,
+    refresh: JoinHandle<()>,
+}
+
+/// Why a configuration could not be put in force.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CompileError(pub String);
+
+impl Shared {
+    /// Shared state with a new upstream client and metrics.
+    ///
+    /// # Errors
+    ///
+    /// The TLS provider refused its defaults (never with aws-lc-rs).
+    pub fn new() -> Result<Shared, rustls::Error> {
+        let timeouts = ConnectTimeouts::default();
+        Ok(Shared {
+            client: crate::proxy::client(timeouts.clone())?,
+            timeouts,
+            metrics: Arc::new(Metrics::new()),
+            keys: Mutex::new(None),
+        })
+    }
+
+    /// The issuer's key cache in force, if any.
+    pub fn keys(&self) -> Option<Arc<KeyCache>> {
+        lock(&self.keys).as_ref().map(|k| k.cache.clone())
+    }
+
+    /// Compiles `config` into a snapshot, keeping what `previous` had that still applies: the
+    /// key cache when issuer, JWKS URL and algorithms are unchanged, and the limiter buckets of
+    /// unchanged limits. A new issuer's keys are fetched before this returns when
+    /// `fetch_new_keys` is set (reloads), so the swap never opens a window without keys;
+    /// at start-up the first fetch runs in the background instead.
+    ///
+    /// # Errors
+    ///
+    /// A new issuer's keys could not be fetched (the previous configuration should stay).
+    pub async fn compile(
+        &self,
+        config: Arc<Config>,
+        previous: Option<&Snapshot>,
+        fetch_new_keys: bool,
+    ) -> Result<Snapshot, CompileError> {
+        let keys = match &config.okta {
+            None => None,
+            Some(okta) => match self.keys().filter(|k| k.serves(okta)) {
+                Some(same) => Some(same),
+                None => {
+                    let cache =
+                        KeyCache::with_metrics(okta, self.client.clone(), self.metrics.clone());
+                    if fetch_new_keys {
+                        cache.fetch().await.map_err(|e| {
+                            CompileError(format!("the new issuer's keys could not be fetched: {e}"))
+                        })?;
+                    }
+                    let refresh = cache.spawn_refresh();
+                    if let Some(old) = lock(&self.keys).replace(KeySource {
+                        cache: cache.clone(),
+                        refresh,
+                    }) {
+                        old.refresh.abort();
+                    }
+                    Some(cache)
+                }
+            },
+        };
+        let limiter = RateLimiter::reusing(
+            &config.rate_limits,
+            previous.and_then(|p| p.limiter.as_deref()),
+        );
+        let snapshot = Snapshot::from_parts(config, keys, limiter, self.metrics.clone());
+        self.timeouts
+            .install(snapshot.upstreams.values().map(AsRef::as_ref));
+        Ok(snapshot)
+    }
+
+    /// Stops the background key refresh.
+    pub fn stop(&self) {
+        if let Some(k) = lock(&self.keys).take() {
+            k.refresh.abort();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The layer: inserts the snapshot in force into the request's extensions.

@@ -14,16 +14,22 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use crate::body::Body;
 use crate::proxy::{Forward, HttpClient};
 use crate::snapshot::Live;
-use crate::{auth, authz, normalize, ratelimit, route, snapshot};
+use std::sync::Arc;
+
+use crate::metrics::Metrics;
+use crate::{access_log, auth, authz, normalize, ratelimit, route, snapshot};
 
 /// The whole request path as one service; it never fails (refusals are responses).
 pub type GatewayService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
 
-/// Builds the gateway's request path over the live configuration and the shared client.
-pub fn build(live: Live, client: HttpClient) -> GatewayService {
+/// Builds the gateway's request path over the live configuration, the shared client and the
+/// process's metrics.
+pub fn build(live: Live, client: HttpClient, metrics: Arc<Metrics>) -> GatewayService {
     let service = ServiceBuilder::new()
         // Outermost: mark the bearer token sensitive before anything can log the request.
         .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION]))
+        // Every request gets one access-log line and its metrics, whatever happens below.
+        .layer(access_log::layer(metrics))
         // Load the configuration in force once, so one request sees one configuration.
         .layer(snapshot::layer(live))
         // SPEC §3 step 1, before routing, so routes are matched on the normalised path; also
@@ -91,7 +97,11 @@ mod tests {
         }
         let snapshot = Snapshot::new(Arc::new(config), Some(keys));
         timeouts.install(snapshot.upstreams.values().map(AsRef::as_ref));
-        build(Arc::new(ArcSwap::from_pointee(snapshot)), client)
+        build(
+            Arc::new(ArcSwap::from_pointee(snapshot)),
+            client,
+            Arc::new(crate::metrics::Metrics::new()),
+        )
     }
 
     async fn status(

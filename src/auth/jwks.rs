@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use super::validate::{Key, KeySet};
 use crate::body;
 use crate::config::{Algorithm, Okta};
+use crate::metrics::Metrics;
 use crate::proxy::HttpClient;
 
 /// Largest JWKS or discovery document read.
@@ -67,12 +68,19 @@ pub struct KeyCache {
     generation: AtomicU64,
     fetches: AtomicU64,
     failures: AtomicU64,
+    last_success: Mutex<Option<std::time::Instant>>,
+    metrics: Arc<Metrics>,
 }
 
 impl KeyCache {
     /// A cache for the issuer of `okta`, fetching through `client`. Nothing is fetched until
     /// [`KeyCache::spawn_refresh`] or [`KeyCache::fetch`].
     pub fn new(okta: &Okta, client: HttpClient) -> Arc<KeyCache> {
+        KeyCache::with_metrics(okta, client, Arc::new(Metrics::new()))
+    }
+
+    /// Like [`KeyCache::new`], counting fetches in `metrics`.
+    pub fn with_metrics(okta: &Okta, client: HttpClient, metrics: Arc<Metrics>) -> Arc<KeyCache> {
         Arc::new(KeyCache {
             issuer: okta.issuer.clone(),
             configured_jwks_uri: okta.jwks_uri.clone(),
@@ -86,7 +94,22 @@ impl KeyCache {
             generation: AtomicU64::new(0),
             fetches: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            last_success: Mutex::new(None),
+            metrics,
         })
+    }
+
+    /// Whether this cache serves the same keys `okta` asks for (same issuer, JWKS URL and
+    /// algorithms), so a reload can keep it.
+    pub fn serves(&self, okta: &Okta) -> bool {
+        self.issuer == okta.issuer
+            && self.configured_jwks_uri == okta.jwks_uri
+            && self.algorithms == okta.algorithms
+    }
+
+    /// Time since the last successful fetch, if any.
+    pub fn age(&self) -> Option<Duration> {
+        lock(&self.last_success).map(|t| t.elapsed())
     }
 
     /// The keys in force; `None` until a fetch has ever succeeded.
@@ -163,6 +186,10 @@ impl KeyCache {
         let result = self.fetch_inner().await;
         if result.is_err() {
             self.failures.fetch_add(1, Ordering::Relaxed);
+            Metrics::count(&self.metrics.key_fetches, "failure");
+        } else {
+            *lock(&self.last_success) = Some(std::time::Instant::now());
+            Metrics::count(&self.metrics.key_fetches, "success");
         }
         result
     }

@@ -71,6 +71,26 @@ impl Reason {
         Reason::NotAccessToken,
     ];
 
+    /// The fixed name used in metrics and logs (`token_expired`, …).
+    pub fn metric_name(self) -> &'static str {
+        match self {
+            Reason::Malformed => "token_malformed",
+            Reason::TooLarge => "token_too_large",
+            Reason::ForbiddenHeader => "token_forbidden_header",
+            Reason::Algorithm => "token_algorithm",
+            Reason::UnknownKey => "token_unknown_key",
+            Reason::BadSignature => "token_bad_signature",
+            Reason::Issuer => "token_issuer",
+            Reason::Audience => "token_audience",
+            Reason::Expired => "token_expired",
+            Reason::NotYetValid => "token_not_yet_valid",
+            Reason::LifetimeTooLong => "token_lifetime",
+            Reason::ClientNotAllowed => "token_client",
+            Reason::MissingClaim => "token_missing_claim",
+            Reason::NotAccessToken => "token_not_access_token",
+        }
+    }
+
     /// The fixed `error_description`.
     pub fn description(self) -> &'static str {
         match self {

@@ -277,7 +277,13 @@ impl Drop for Child {
 
 fn spawn_gateway(config: &Path, rust_log: &str) -> Child {
     let mut process = Command::new(env!("CARGO_BIN_EXE_jwtgate"))
-        .args(["run", "--config", config.to_str().unwrap()])
+        .args([
+            "run",
+            "--log-format",
+            "json",
+            "--config",
+            config.to_str().unwrap(),
+        ])
         .env("RUST_LOG", rust_log)
         .stderr(Stdio::piped())
         .spawn()
@@ -291,15 +297,15 @@ fn spawn_gateway(config: &Path, rust_log: &str) -> Child {
         }
     });
     let addr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the gateway logged its address");
-        if line.contains("gateway listening") {
-            let addr = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("addr="))
-                .expect("addr= field");
-            break addr.parse().unwrap();
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = process.kill();
+            panic!("the gateway did not log its address");
+        };
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if event["message"] == "gateway listening" {
+            break event["addr"].as_str().unwrap().parse().unwrap();
         }
     };
     Child {
