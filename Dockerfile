@@ -15,6 +15,9 @@ FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /jwtgate /usr/local/bin/jwtgate
 USER nonroot
 EXPOSE 8080 9901
+# No shell in the image: the binary asks its own admin listener (server.admin_listen).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["/usr/local/bin/jwtgate", "health", "--config", "/etc/jwtgate/jwtgate.toml"]
 # Mount the configuration at /etc/jwtgate/jwtgate.toml; listen on 0.0.0.0 inside the container.
 ENTRYPOINT ["/usr/local/bin/jwtgate", "run"]
 CMD ["--config", "/etc/jwtgate/jwtgate.toml"]

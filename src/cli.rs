@@ -63,6 +63,9 @@ pub struct HealthArgs {
     /// Admin path to ask: `/healthz` (alive) or `/readyz` (ready for traffic).
     #[arg(long, default_value = "/healthz")]
     pub path: String,
+    /// Full URL to ask instead of the configuration's admin address.
+    #[arg(long)]
+    pub url: Option<String>,
 }
 
 /// `--config PATH` for the demo.
@@ -163,21 +166,10 @@ fn demo(path: &Path) -> Result<(), CliError> {
 }
 
 fn health(args: &HealthArgs) -> Result<(), CliError> {
-    let config = load(&args.config)?;
-    let Some(mut admin) = config.server.admin_listen else {
-        return Err(CliError::Config(format!(
-            "{}: server.admin_listen is not set, so there is nothing to ask",
-            args.config.display()
-        )));
+    let url = match &args.url {
+        Some(url) => url.clone(),
+        None => admin_url(args)?,
     };
-    if admin.ip().is_unspecified() {
-        admin.set_ip(if admin.is_ipv4() {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        });
-    }
-    let url = format!("http://{admin}{}", args.path);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -204,6 +196,24 @@ fn health(args: &HealthArgs) -> Result<(), CliError> {
         Ok(s) => Err(CliError::Fatal(format!("{url}: {s}"))),
         Err(e) => Err(CliError::Fatal(format!("{url}: {e}"))),
     }
+}
+
+fn admin_url(args: &HealthArgs) -> Result<String, CliError> {
+    let config = load(&args.config)?;
+    let Some(mut admin) = config.server.admin_listen else {
+        return Err(CliError::Config(format!(
+            "{}: server.admin_listen is not set, so there is nothing to ask",
+            args.config.display()
+        )));
+    };
+    if admin.ip().is_unspecified() {
+        admin.set_ip(if admin.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    Ok(format!("http://{admin}{}", args.path))
 }
 
 fn run_gateway(path: &Path) -> Result<(), CliError> {

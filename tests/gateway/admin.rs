@@ -78,19 +78,26 @@ async fn shutdown_drains_in_flight_requests_and_refuses_new_connections() {
     let addr = gateway.listen_addr();
     let admin = gateway.admin_addr().unwrap();
 
-    let in_flight = tokio::spawn(async move {
-        send(
-            &client(),
-            Request::get(format!("http://{addr}/slow"))
-                .body(body::empty())
-                .unwrap(),
-        )
-        .await
-    });
-    let release = arrivals
-        .recv()
-        .await
-        .expect("the request reached the upstream");
+    // Ten requests in flight, each on its own connection, all held by the upstream.
+    let mut in_flight = Vec::new();
+    let mut releases = Vec::new();
+    for _ in 0..10 {
+        in_flight.push(tokio::spawn(async move {
+            send(
+                &client(),
+                Request::get(format!("http://{addr}/slow"))
+                    .body(body::empty())
+                    .unwrap(),
+            )
+            .await
+        }));
+        releases.push(
+            arrivals
+                .recv()
+                .await
+                .expect("the request reached the upstream"),
+        );
+    }
 
     gateway.shutdown();
     // The drain flag is set by the accept loop as it stops; wait for it (bounded).
@@ -117,10 +124,17 @@ async fn shutdown_drains_in_flight_requests_and_refuses_new_connections() {
         "new connections are still accepted while draining"
     );
 
-    release.send(()).unwrap();
-    let reply = in_flight.await.unwrap();
-    assert_eq!(reply.status, 200);
-    assert_eq!(&reply.body[..], b"done");
+    for release in releases {
+        release.send(()).unwrap();
+    }
+    for request in in_flight {
+        let reply = request.await.unwrap();
+        assert_eq!(
+            reply.status, 200,
+            "an in-flight request failed during the drain"
+        );
+        assert_eq!(&reply.body[..], b"done");
+    }
     tokio::time::timeout(Duration::from_secs(10), gateway.wait())
         .await
         .expect("the drain finished once the last request was answered");

@@ -487,3 +487,117 @@ async fn no_token_text_reaches_the_logs_even_at_trace_level() {
         "an Authorization header reached the logs"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_gets_one_access_log_line_and_sighup_reloads() {
+    let issuer = crate::support::start_issuer().await;
+    let echo = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("access.toml");
+    let write = |extra: &str| {
+        let text = crate::support::config_with_issuer(echo.addr(), issuer.issuer_url(), "", extra);
+        std::fs::write(&file, text).unwrap();
+    };
+    write(crate::support::ROUTES);
+    let child = spawn_gateway(&file, "info");
+    let addr = child.addr;
+    let c = client();
+    let token = issuer.token_for_user("alice");
+    let get = |path: String, token: Option<&str>| {
+        let mut r = Request::get(format!("http://{addr}{path}"));
+        if let Some(t) = token {
+            r = r.header("authorization", format!("Bearer {t}"));
+        }
+        r.body(jwtgate::body::empty()).unwrap()
+    };
+    // Keys load in the background.
+    for _ in 0..500 {
+        if send(&c, get("/api/orders".into(), Some(&token)))
+            .await
+            .status
+            == 200
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = send(
+        &c,
+        get(
+            "/api/orders/./7?secret=hunter2&access=x".into(),
+            Some(&token),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = send(&c, get("/api/admin".into(), Some(&token))).await;
+    assert_eq!(r.status, 403);
+    let r = send(&c, get("/public/x?q=hunter3".into(), None)).await;
+    assert_eq!(r.status, 200);
+
+    // SIGHUP reloads a changed file (the watcher may also see the change; either way the
+    // signal must be logged and reload the file).
+    write(&format!(
+        "{}[[routes]]\npath = \"/new\"\nupstream = \"echo\"\npublic = true\n",
+        crate::support::ROUTES
+    ));
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.process.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let mut status = 404;
+    for _ in 0..300 {
+        status = send(&c, get("/new".into(), None)).await.status.as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 200, "SIGHUP did not reload the configuration");
+
+    let (exit, child) = terminate(child).await;
+    assert_eq!(exit.code(), Some(0));
+    let lines: Vec<serde_json::Value> = child
+        .log
+        .try_iter()
+        .filter_map(|l| serde_json::from_str(&l).ok())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "SIGHUP: reloading the configuration"),
+        "no SIGHUP line"
+    );
+    let access: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "jwtgate::access")
+        .collect();
+    let find = |path: &str| {
+        access
+            .iter()
+            .find(|l| l["path"] == path)
+            .unwrap_or_else(|| panic!("no access line for {path}: {access:?}"))
+    };
+    let ok = find("/api/orders/7");
+    assert_eq!(ok["method"], "GET");
+    assert_eq!(ok["route"], "/api/orders");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["subject"], "alice");
+    assert_eq!(ok["upstream"], format!("http://{}", echo.addr()));
+    assert_eq!(ok["refusal"], "-");
+    assert!(ok["latency_ms"].as_f64().is_some());
+    let refused = find("/api/admin");
+    assert_eq!(refused["status"], 403);
+    assert_eq!(refused["refusal"], "forbidden");
+    assert_eq!(refused["subject"], "alice");
+    let all: String = lines.iter().map(|l| l.to_string()).collect();
+    for secret in [
+        "hunter2",
+        "hunter3",
+        "secret=",
+        token.rsplit_once('.').unwrap().1,
+    ] {
+        assert!(!all.contains(secret), "{secret} reached the log");
+    }
+}

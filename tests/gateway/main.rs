@@ -11,6 +11,7 @@ mod demo;
 mod forward;
 mod jwt_attacks;
 mod keys;
+mod operations;
 mod paths;
 mod ratelimit;
 mod smuggling;
