@@ -217,7 +217,7 @@ impl Issuer {
             .first()
             .map(|c| c.id.as_str())
             .unwrap_or("client");
-        user_claims(&self.state, u, client, &[], unix_now())
+        claims(&self.state, &u.name, client, Some(u), &[], unix_now())
     }
 
     /// A token for `user`, as the password grant would issue it.
@@ -323,38 +323,37 @@ fn sign_raw(state: &State, header: &str, claims: &str) -> String {
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
 }
 
-fn user_claims(state: &State, user: &User, client: &str, scopes: &[String], now: u64) -> Value {
+/// Okta-shaped access-token claims for `sub`, issued `now` by client `cid`; users also get
+/// `uid` and `groups` (machine tokens have neither, as in Okta).
+fn claims(
+    state: &State,
+    sub: &str,
+    cid: &str,
+    user: Option<&User>,
+    scopes: &[String],
+    now: u64,
+) -> Value {
     let jti = random_id(&state.rng, 15).unwrap_or_default();
-    // A stable, Okta-shaped user id derived from the name.
-    let uid = format!("00u{}", URL_SAFE_NO_PAD.encode(user.name.as_bytes()));
-    json!({
+    let mut claims = json!({
         "ver": 1,
         "jti": format!("AT.{jti}"),
         "iss": state.issuer,
         "aud": state.config.audience,
         "iat": now,
         "exp": now + state.config.token_lifetime.as_secs(),
-        "cid": client,
-        "uid": uid,
+        "cid": cid,
         "scp": scopes,
-        "sub": user.name,
-        "groups": user.groups,
-    })
-}
-
-fn machine_claims(state: &State, client: &Client, scopes: &[String], now: u64) -> Value {
-    let jti = random_id(&state.rng, 15).unwrap_or_default();
-    json!({
-        "ver": 1,
-        "jti": format!("AT.{jti}"),
-        "iss": state.issuer,
-        "aud": state.config.audience,
-        "iat": now,
-        "exp": now + state.config.token_lifetime.as_secs(),
-        "cid": client.id,
-        "scp": scopes,
-        "sub": client.id,
-    })
+        "sub": sub,
+    });
+    if let Some(user) = user {
+        // A stable, Okta-shaped user id derived from the name.
+        claims["uid"] = json!(format!(
+            "00u{}",
+            URL_SAFE_NO_PAD.encode(user.name.as_bytes())
+        ));
+        claims["groups"] = json!(user.groups);
+    }
+    claims
 }
 
 fn json_response(status: StatusCode, doc: &Value) -> Response<Body> {
@@ -497,9 +496,9 @@ async fn token(state: &State, req: Request<Incoming>) -> Response<Body> {
                     "the credentials provided were invalid",
                 );
             };
-            user_claims(state, user, &client.id, &requested, now)
+            claims(state, &user.name, &client.id, Some(user), &requested, now)
         }
-        Some("client_credentials") => machine_claims(state, client, &requested, now),
+        Some("client_credentials") => claims(state, &client.id, &client.id, None, &requested, now),
         _ => {
             return oauth_error(
                 StatusCode::BAD_REQUEST,

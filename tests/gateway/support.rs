@@ -98,19 +98,7 @@ impl Reply {
 /// Config text for a gateway in front of `echo` with public routes only (no `[okta]`), plus
 /// `extra` TOML (routes, upstreams…).
 pub(crate) fn config_text(echo: SocketAddr, extra: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-shutdown_grace = "5s"
-
-[upstreams.echo]
-targets = ["http://{echo}"]
-timeout = "5s"
-{extra}
-"#
-    )
+    gateway_config(echo, "", extra)
 }
 
 /// Config text for a gateway in front of `echo` trusting `issuer`; `okta_extra` is added to
@@ -121,6 +109,11 @@ pub(crate) fn config_with_issuer(
     okta_extra: &str,
     extra: &str,
 ) -> String {
+    let okta = format!("[okta]\nissuer = \"{issuer}\"\naudience = \"api://test\"\n{okta_extra}\n");
+    gateway_config(echo, &okta, extra)
+}
+
+fn gateway_config(echo: SocketAddr, okta: &str, extra: &str) -> String {
     format!(
         r#"
 [server]
@@ -128,11 +121,7 @@ listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 shutdown_grace = "5s"
 
-[okta]
-issuer = "{issuer}"
-audience = "api://test"
-{okta_extra}
-
+{okta}
 [upstreams.echo]
 targets = ["http://{echo}"]
 timeout = "5s"
