@@ -246,6 +246,26 @@ impl Issuer {
     pub fn jwks(&self) -> Value {
         jwks(&self.state)
     }
+
+    /// The current signing key's public key as PEM (SubjectPublicKeyInfo), for verifiers that
+    /// take a key file (HAProxy's `jwt_verify` in the benchmark).
+    pub fn public_key_pem(&self) -> String {
+        use aws_lc_rs::encoding::AsDer as _;
+        let keys = lock(&self.state.keys);
+        let der = keys
+            .last()
+            .and_then(|k| k.pair.public_key().as_der().ok())
+            .map(|d| d.as_ref().to_vec())
+            .unwrap_or_default();
+        let b64 = STANDARD.encode(der);
+        let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+            pem.push('\n');
+        }
+        pem.push_str("-----END PUBLIC KEY-----\n");
+        pem
+    }
 }
 
 impl Drop for Issuer {
