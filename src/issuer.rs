@@ -546,3 +546,41 @@ async fn token(state: &State, req: Request<Incoming>) -> Response<Body> {
         }),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::SubjectPublicKeyInfoDer;
+    use rustls::pki_types::pem::PemObject;
+
+    #[tokio::test]
+    async fn the_public_key_pem_verifies_the_issuers_tokens() {
+        let issuer = Issuer::start(
+            ([127, 0, 0, 1], 0).into(),
+            IssuerConfig {
+                auth_server_id: "t".into(),
+                audience: "api://t".into(),
+                token_lifetime: Duration::from_secs(60),
+                users: vec![User {
+                    name: "a".into(),
+                    password: "p".into(),
+                    groups: vec![],
+                }],
+                clients: vec![],
+            },
+        )
+        .await
+        .unwrap();
+        let pem = issuer.public_key_pem();
+        let spki = SubjectPublicKeyInfoDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let token = issuer.token_for_user("a");
+        let (input, signature) = token.rsplit_once('.').unwrap();
+        let signature = URL_SAFE_NO_PAD.decode(signature).unwrap();
+        let key = aws_lc_rs::signature::UnparsedPublicKey::new(
+            &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+            spki.as_ref(),
+        );
+        key.verify(input.as_bytes(), &signature)
+            .expect("the PEM key verifies the issuer's signature");
+    }
+}
