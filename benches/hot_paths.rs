@@ -4,7 +4,6 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::Method;
@@ -12,7 +11,7 @@ use jwtgate::auth::cache::TokenCache;
 use jwtgate::auth::jwks::parse_jwks;
 use jwtgate::auth::validate::{self, KeySet, Policy};
 use jwtgate::config::{Algorithm, Config};
-use jwtgate::issuer::{Issuer, IssuerConfig, User};
+use jwtgate::issuer::{Issuer, IssuerConfig};
 use jwtgate::ratelimit::RateLimiter;
 use jwtgate::snapshot::Snapshot;
 
@@ -58,17 +57,7 @@ fn tokens(c: &mut Criterion) {
     let issuer = runtime.block_on(async {
         Issuer::start(
             ([127, 0, 0, 1], 0).into(),
-            IssuerConfig {
-                auth_server_id: "bench".into(),
-                audience: "api://bench".into(),
-                token_lifetime: Duration::from_secs(3600),
-                users: vec![User {
-                    name: "alice".into(),
-                    password: "pw".into(),
-                    groups: vec!["readers".into()],
-                }],
-                clients: vec![],
-            },
+            IssuerConfig::single_user("bench", "api://bench", "alice", &["readers"]),
         )
         .await
         .unwrap()

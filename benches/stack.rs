@@ -3,7 +3,6 @@
 //! in-process echo server, so the difference is what the gateway adds.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::Request;
@@ -11,7 +10,7 @@ use http_body_util::BodyExt;
 use jwtgate::body;
 use jwtgate::config::Config;
 use jwtgate::echo::EchoServer;
-use jwtgate::issuer::{Issuer, IssuerConfig, User};
+use jwtgate::issuer::{Issuer, IssuerConfig};
 use jwtgate::snapshot::Shared;
 use tower::ServiceExt as _;
 
@@ -20,17 +19,7 @@ fn stack(c: &mut Criterion) {
     let (issuer, echo, service, direct, metrics) = runtime.block_on(async {
         let issuer = Issuer::start(
             ([127, 0, 0, 1], 0).into(),
-            IssuerConfig {
-                auth_server_id: "bench".into(),
-                audience: "api://bench".into(),
-                token_lifetime: Duration::from_secs(3600),
-                users: vec![User {
-                    name: "alice".into(),
-                    password: "pw".into(),
-                    groups: vec!["readers".into()],
-                }],
-                clients: vec![],
-            },
+            IssuerConfig::single_user("bench", "api://bench", "alice", &["readers"]),
         )
         .await
         .unwrap();

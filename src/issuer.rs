@@ -75,6 +75,24 @@ pub struct IssuerConfig {
     pub clients: Vec<Client>,
 }
 
+impl IssuerConfig {
+    /// An issuer `/oauth2/{auth_server_id}` for `audience` with one user (password `password`)
+    /// in `groups`, no clients, and one-hour tokens: the setup of most tests and benchmarks.
+    pub fn single_user(auth_server_id: &str, audience: &str, user: &str, groups: &[&str]) -> Self {
+        IssuerConfig {
+            auth_server_id: auth_server_id.to_owned(),
+            audience: audience.to_owned(),
+            token_lifetime: Duration::from_secs(3600),
+            users: vec![User {
+                name: user.to_owned(),
+                password: "password".to_owned(),
+                groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            }],
+            clients: Vec::new(),
+        }
+    }
+}
+
 struct SigningKey {
     kid: String,
     pair: KeyPair,
@@ -557,17 +575,7 @@ mod tests {
     async fn the_public_key_pem_verifies_the_issuers_tokens() {
         let issuer = Issuer::start(
             ([127, 0, 0, 1], 0).into(),
-            IssuerConfig {
-                auth_server_id: "t".into(),
-                audience: "api://t".into(),
-                token_lifetime: Duration::from_secs(60),
-                users: vec![User {
-                    name: "a".into(),
-                    password: "p".into(),
-                    groups: vec![],
-                }],
-                clients: vec![],
-            },
+            IssuerConfig::single_user("t", "api://t", "a", &[]),
         )
         .await
         .unwrap();

@@ -53,7 +53,6 @@ pub fn build(live: Live, client: HttpClient, metrics: Arc<Metrics>) -> GatewaySe
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::time::Duration;
 
     use arc_swap::ArcSwap;
     use http::{Method, StatusCode};
@@ -63,7 +62,7 @@ mod tests {
     use crate::auth::jwks::KeyCache;
     use crate::body;
     use crate::config::Config;
-    use crate::issuer::{Issuer, IssuerConfig, User};
+    use crate::issuer::{Issuer, IssuerConfig};
     use crate::proxy::upstream::ConnectTimeouts;
     use crate::snapshot::Snapshot;
 
@@ -127,17 +126,7 @@ mod tests {
     async fn each_spec_row_gets_its_status_through_the_whole_stack() {
         let issuer = Issuer::start(
             ([127, 0, 0, 1], 0).into(),
-            IssuerConfig {
-                auth_server_id: "test".into(),
-                audience: "api://test".into(),
-                token_lifetime: Duration::from_secs(600),
-                users: vec![User {
-                    name: "alice".into(),
-                    password: "pw".into(),
-                    groups: vec![],
-                }],
-                clients: vec![],
-            },
+            IssuerConfig::single_user("test", "api://test", "alice", &[]),
         )
         .await
         .unwrap();
