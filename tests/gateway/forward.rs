@@ -207,41 +207,52 @@ async fn a_body_streams_back_from_the_upstream_unchanged() {
     assert!(r.body == payload, "the body came back changed");
 }
 
-#[tokio::test]
-async fn hop_by_hop_headers_of_the_response_are_removed() {
-    // The echo answers over keep-alive; whatever it says, the client never sees a
-    // `Keep-Alive` or `Connection`-nominated header from the upstream.
-    let h = Harness::start().await;
-    let reply = h
-        .raw(b"GET /public/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        .await;
-    assert_eq!(raw_status(&reply), 200);
-    assert!(
-        !reply.to_ascii_lowercase().contains("keep-alive:"),
-        "{reply}"
-    );
-}
-
-#[tokio::test]
-async fn an_http_1_0_upstream_is_answered_in_the_clients_version() {
+/// An upstream that answers every request with the same raw bytes.
+async fn canned_upstream(response: &'static [u8]) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let old = listener.local_addr().unwrap();
+    let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             let mut buf = [0u8; 4096];
             let _ = s.read(&mut buf).await;
-            let _ = s
-                .write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                .await;
+            let _ = s.write_all(response).await;
         }
     });
-    let h = Harness::with(&format!(
-        "[upstreams.old]\ntargets = [\"http://{old}\"]\n[[routes]]\npath = \"/old\"\nupstream = \"old\"\npublic = true\n"
+    addr
+}
+
+async fn harness_for(upstream: std::net::SocketAddr) -> Harness {
+    Harness::with(&format!(
+        "[upstreams.canned]\ntargets = [\"http://{upstream}\"]\n[[routes]]\npath = \"/canned\"\nupstream = \"canned\"\npublic = true\n"
     ))
+    .await
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_of_the_response_are_removed() {
+    let upstream = canned_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\nConnection: X-Upstream-Secret\r\nX-Upstream-Secret: 1\r\nProxy-Connection: keep-alive\r\nX-Kept: yes\r\n\r\nok",
+    )
     .await;
+    let h = harness_for(upstream).await;
     let reply = h
-        .raw(b"GET /old HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .raw(b"GET /canned HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await;
+    assert_eq!(raw_status(&reply), 200, "{reply}");
+    let lower = reply.to_ascii_lowercase();
+    for gone in ["keep-alive:", "x-upstream-secret:", "proxy-connection:"] {
+        assert!(!lower.contains(gone), "{gone} reached the client: {reply}");
+    }
+    assert!(lower.contains("x-kept: yes"), "{reply}");
+}
+
+#[tokio::test]
+async fn an_http_1_0_upstream_is_answered_in_the_clients_version() {
+    let upstream = canned_upstream(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let h = harness_for(upstream).await;
+    let reply = h
+        .raw(b"GET /canned HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         .await;
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(reply.ends_with("ok"), "{reply}");

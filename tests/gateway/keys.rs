@@ -213,8 +213,23 @@ async fn discovery_that_names_another_issuer_or_host_is_refused() {
         let err = keys.fetch().await.unwrap_err();
         assert!(err.reason.contains(why), "{issuer_field} / {jwks}: {err}");
         assert!(keys.current().is_none());
-        // The gateway built on it never becomes ready: no keys, no traffic to protected routes.
+        // The gateway built on it never becomes ready: once its own fetch has failed, it
+        // still answers 503 (no keys, no traffic to protected routes).
         let gateway = Gateway::start(config).await.unwrap();
+        let metrics = gateway.control().metrics().clone();
+        let failed = || {
+            metrics
+                .key_fetches
+                .get_or_create(&jwtgate::metrics::ResultLabel { result: "failure" })
+                .get()
+        };
+        for _ in 0..500 {
+            if failed() > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(failed() > 0, "the gateway never tried to fetch keys");
         assert_eq!(readyz(&gateway).await, 503);
     }
     assert_eq!(

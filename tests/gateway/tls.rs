@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use http::Request;
-use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use jwtgate::body;
 use jwtgate::config::Config;
@@ -103,16 +102,12 @@ async fn https_with_http_1_1_reaches_the_upstream_marked_as_https() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let doc: serde_json::Value =
-        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let doc = echo_doc(response).await;
     assert_eq!(doc["path"], "/hello");
-    let proto = doc["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p[0] == "x-forwarded-proto")
-        .map(|p| p[1].clone());
-    assert_eq!(proto, Some("https".into()));
+    assert_eq!(
+        upstream_header(&doc, "x-forwarded-proto"),
+        Some("https".into())
+    );
 }
 
 #[tokio::test]
@@ -141,19 +136,16 @@ async fn h2_is_negotiated_by_alpn_and_forwarded_as_http_1_1() {
         .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.version(), http::Version::HTTP_2);
-    let doc: serde_json::Value =
-        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let doc = echo_doc(response).await;
     assert_eq!(doc["path"], "/h2/path");
     assert_eq!(doc["query"], "x=1");
     assert_eq!(doc["version"], "HTTP/1.1");
     assert_eq!(doc["body_bytes"], 12);
-    let host = doc["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p[0] == "host")
-        .map(|p| p[1].clone());
-    assert_eq!(host, Some("localhost".into()), "the :authority became Host");
+    assert_eq!(
+        upstream_header(&doc, "host"),
+        Some("localhost".into()),
+        "the :authority became Host"
+    );
 }
 
 #[tokio::test]
@@ -200,4 +192,19 @@ async fn unreadable_or_empty_pem_files_are_configuration_errors() {
             Ok(_) => panic!("{cert:?} {key:?}: started"),
         }
     }
+}
+
+/// The echo upstream's JSON description of the request it received.
+async fn echo_doc(response: http::Response<hyper::body::Incoming>) -> serde_json::Value {
+    use http_body_util::BodyExt as _;
+    serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap()
+}
+
+/// A header the echo upstream received, from its description.
+fn upstream_header(doc: &serde_json::Value, name: &str) -> Option<serde_json::Value> {
+    doc["headers"]
+        .as_array()?
+        .iter()
+        .find(|p| p[0] == name)
+        .map(|p| p[1].clone())
 }
