@@ -120,17 +120,18 @@ impl Pending {
         let refusal = response.extensions().get::<Refusal>().map(|r| r.0);
         let route = self.record.route.get().map_or("none", String::as_str);
         let m = &self.metrics;
+        let route_label = RouteLabel {
+            route: route.to_owned(),
+        };
+        m.duration
+            .get_or_create(&route_label)
+            .observe(latency.as_secs_f64());
         m.requests
             .get_or_create(&RequestLabels {
-                route: route.to_owned(),
+                route: route_label.route,
                 status_class: status_class(status),
             })
             .inc();
-        m.duration
-            .get_or_create(&RouteLabel {
-                route: route.to_owned(),
-            })
-            .observe(latency.as_secs_f64());
         if let Some(reason) = refusal {
             m.refusals.get_or_create(&ReasonLabel { reason }).inc();
         }

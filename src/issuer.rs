@@ -37,6 +37,7 @@ use tokio::task::JoinHandle;
 
 use crate::auth::validate::unix_now;
 use crate::body::{self, Body};
+use crate::lock;
 
 /// A user of the local issuer.
 #[derive(Debug, Clone)]
@@ -290,10 +291,6 @@ impl Drop for Issuer {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn random_id(rng: &SystemRandom, bytes: usize) -> io::Result<String> {

@@ -51,3 +51,9 @@ pub mod reject;
 pub mod reload;
 pub mod server;
 pub mod stack;
+
+/// Locks a mutex, taking the data even if a thread panicked while holding it: every mutex in
+/// jwtgate guards plain values that stay consistent across a panic.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

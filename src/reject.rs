@@ -58,11 +58,6 @@ pub enum Reject {
 }
 
 impl Reject {
-    /// The HTTP status of this refusal.
-    pub fn status(&self) -> StatusCode {
-        self.parts().0
-    }
-
     /// The fixed `error_description`, safe to log.
     pub fn description(&self) -> &'static str {
         self.parts().2

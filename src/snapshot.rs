@@ -17,6 +17,7 @@ use tower::util::MapRequestLayer;
 use crate::auth::Authenticator;
 use crate::auth::jwks::KeyCache;
 use crate::config::Config;
+use crate::lock;
 use crate::metrics::Metrics;
 use crate::proxy::HttpClient;
 use crate::proxy::upstream::{ConnectTimeouts, UpstreamPool};
@@ -186,10 +187,6 @@ impl Shared {
             k.refresh.abort();
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The layer: inserts the snapshot in force into the request's extensions.

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use super::validate::{Key, KeySet};
 use crate::body;
 use crate::config::{Algorithm, Okta};
+use crate::lock;
 use crate::metrics::Metrics;
 use crate::proxy::HttpClient;
 
@@ -66,8 +67,6 @@ pub struct KeyCache {
     /// When the last fetch caused by an unknown `kid` started; the lock is the single flight.
     kid_fetch: tokio::sync::Mutex<Option<Instant>>,
     generation: AtomicU64,
-    fetches: AtomicU64,
-    failures: AtomicU64,
     last_success: Mutex<Option<std::time::Instant>>,
     metrics: Arc<Metrics>,
 }
@@ -92,8 +91,6 @@ impl KeyCache {
             discovered_jwks_uri: Mutex::new(None),
             kid_fetch: tokio::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
-            fetches: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
             last_success: Mutex::new(None),
             metrics,
         })
@@ -115,14 +112,6 @@ impl KeyCache {
     /// The keys in force; `None` until a fetch has ever succeeded.
     pub fn current(&self) -> Option<Arc<KeySet>> {
         self.keys.load_full()
-    }
-
-    /// Fetch attempts so far, and how many of them failed.
-    pub fn fetch_counts(&self) -> (u64, u64) {
-        (
-            self.fetches.load(Ordering::Relaxed),
-            self.failures.load(Ordering::Relaxed),
-        )
     }
 
     /// Runs the first fetch (retried with backoff) and then the periodic refresh, until the
@@ -182,10 +171,8 @@ impl KeyCache {
     ///
     /// The request, the document or its keys were unusable; the previous keys stay.
     pub async fn fetch(&self) -> Result<Arc<KeySet>, FetchError> {
-        self.fetches.fetch_add(1, Ordering::Relaxed);
         let result = self.fetch_inner().await;
         if result.is_err() {
-            self.failures.fetch_add(1, Ordering::Relaxed);
             Metrics::count(&self.metrics.key_fetches, "failure");
         } else {
             *lock(&self.last_success) = Some(std::time::Instant::now());
@@ -286,10 +273,6 @@ impl KeyCache {
             reason: "no discovery document".into(),
         }))
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// GET with a deadline and a size cap; only 200 counts. Redirects are not followed.
