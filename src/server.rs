@@ -332,7 +332,9 @@ async fn serve_proxy(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // Heads over 64 KiB are refused (431) rather than followed by the framing watcher.
+        .max_buf_size(framing::MAX_HEAD);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     loop {

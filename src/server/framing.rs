@@ -23,8 +23,10 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Longest head line the watcher follows; hyper refuses far shorter heads by default.
-const MAX_LINE: usize = 64 * 1024;
+/// Longest request head hyper accepts (its read buffer is capped at this, see `server.rs`), so
+/// also the longest line the watcher ever has to follow: a line that would need more cannot be
+/// part of a request hyper serves.
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
 
 /// Index (0-based, in arrival order) of the first request on a connection whose head had
 /// ambiguous framing.
@@ -112,6 +114,10 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
     }
 }
 
+fn without_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Reading a request head, line by line.
@@ -180,24 +186,30 @@ impl Scanner {
                     };
                 }
                 State::Head | State::ChunkSize | State::ChunkEnd | State::Trailers => {
-                    let Some(end) = bytes.iter().position(|&b| b == b'\n') else {
+                    let Some(end) = memchr::memchr(b'\n', bytes) else {
                         self.push_partial(bytes);
                         return ambiguous;
                     };
-                    self.push_partial(&bytes[..end]);
-                    bytes = &bytes[end + 1..];
-                    if self.state == State::Off {
-                        return ambiguous;
-                    }
-                    let mut line = std::mem::take(&mut self.line);
-                    if line.last() == Some(&b'\r') {
-                        line.pop();
-                    }
-                    if self.line_done(&line) {
+                    let (piece, rest) = (&bytes[..end], &bytes[end + 1..]);
+                    bytes = rest;
+                    // A line that arrived whole is read in place; only a line split across
+                    // reads is assembled in `self.line`.
+                    let done = if self.line.is_empty() {
+                        self.line_done(without_cr(piece))
+                    } else {
+                        self.push_partial(piece);
+                        if self.state == State::Off {
+                            return ambiguous;
+                        }
+                        let mut line = std::mem::take(&mut self.line);
+                        let done = self.line_done(without_cr(&line));
+                        line.clear();
+                        self.line = line;
+                        done
+                    };
+                    if done {
                         ambiguous = ambiguous.or(Some(self.heads - 1));
                     }
-                    line.clear();
-                    self.line = line;
                 }
             }
         }
@@ -205,7 +217,7 @@ impl Scanner {
     }
 
     fn push_partial(&mut self, bytes: &[u8]) {
-        if self.line.len() + bytes.len() > MAX_LINE {
+        if self.line.len() + bytes.len() > MAX_HEAD {
             self.state = State::Off;
         } else {
             self.line.extend_from_slice(bytes);

@@ -127,3 +127,41 @@ async fn an_ambiguous_request_after_a_good_one_on_the_same_connection_is_refused
         "only the first, well-framed request was forwarded"
     );
 }
+
+#[tokio::test]
+async fn a_head_too_long_to_watch_is_refused_not_served_unwatched() {
+    // The framing watcher follows lines up to 64 KiB; hyper's own default would accept heads of
+    // about 400 KiB. A long line first and an ambiguous request behind it must not get through
+    // on a connection the watcher has stopped following: the head is refused with 431.
+    let h = Harness::start().await;
+    let long = "a".repeat(70 * 1024);
+    let reply = h
+        .raw(
+            format!(
+                "GET /public/x HTTP/1.1\r\nHost: a\r\nX-Long: {long}\r\n\r\n\
+                 POST /public/y HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+    assert_eq!(
+        raw_status(&reply),
+        431,
+        "{}",
+        &reply[..reply.len().min(200)]
+    );
+    assert_eq!(h.echo.requests(), 0);
+
+    // A long head within the limit is served as usual.
+    let long = "a".repeat(60 * 1024);
+    let reply = h
+        .raw(
+            format!(
+                "GET /public/x HTTP/1.1\r\nHost: a\r\nX-Long: {long}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+    assert_eq!(raw_status(&reply), 200);
+    assert_eq!(h.echo.requests(), 1);
+}
