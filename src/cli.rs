@@ -131,12 +131,20 @@ fn check(path: &Path) -> Result<(), CliError> {
 }
 
 fn runtime(config: &Config) -> Result<tokio::runtime::Runtime, CliError> {
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    if let Some(n) = config.server.workers {
-        runtime.worker_threads(n.get());
-    }
+    // One worker means one thread: tokio's current-thread scheduler runs every task on the
+    // thread that drives it, with no work-stealing queues or cross-thread wake-ups to pay for
+    // (measured in docs/performance.md). More workers use the multi-threaded scheduler.
+    let mut runtime = match config.server.workers {
+        Some(n) if n.get() == 1 => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n.get());
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     runtime
+        .enable_all()
         .build()
         .map_err(|e| CliError::Fatal(format!("cannot start the runtime: {e}")))
 }

@@ -7,6 +7,11 @@ use clap::Parser;
 use jwtgate::cli::LogFormat;
 use tracing_subscriber::EnvFilter;
 
+// mimalloc's per-thread free lists: a request allocates and frees a few dozen small blocks
+// (headers, bodies, futures), and glibc's malloc showed up at about 6% of a profile under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = jwtgate::cli::Cli::parse();
     let terminal = std::io::stderr().is_terminal();

@@ -76,13 +76,17 @@ pub fn client(timeouts: ConnectTimeouts) -> Result<HttpClient, rustls::Error> {
 /// The innermost service: forwards to the upstream and maps its failures to 502 / 504.
 #[derive(Debug, Clone)]
 pub struct Forward {
-    client: HttpClient,
+    // Behind an `Arc`: the stack is cloned per request, and cloning the client itself means a
+    // handful of reference counts (pool, connector, executor, timers) each time.
+    client: Arc<HttpClient>,
 }
 
 impl Forward {
     /// Forwards through `client`.
     pub fn new(client: HttpClient) -> Forward {
-        Forward { client }
+        Forward {
+            client: Arc::new(client),
+        }
     }
 }
 
