@@ -50,6 +50,8 @@ pub struct LimitLabels {
     pub limit: String,
     /// `allowed` or `limited`.
     pub decision: &'static str,
+    /// `local` or `redis`: which store decided.
+    pub backend: &'static str,
 }
 
 /// An upstream failure.
@@ -81,8 +83,10 @@ pub struct Metrics {
     pub signing_keys_age: Gauge<f64, AtomicU64>,
     /// `jwtgate_token_cache_lookups_total{result}`.
     pub token_cache: Family<ResultLabel, Counter>,
-    /// `jwtgate_ratelimit_decisions_total{limit,decision}`.
+    /// `jwtgate_ratelimit_decisions_total{limit,decision,backend}`.
     pub ratelimit: Family<LimitLabels, Counter>,
+    /// `jwtgate_ratelimit_redis_fallback`: 1 while Redis decisions fall back to local ones.
+    pub ratelimit_redis_fallback: Gauge,
     /// `jwtgate_upstream_errors_total{upstream,kind}`.
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     /// `jwtgate_config_reloads_total{result}`.
@@ -148,8 +152,14 @@ impl Metrics {
         let ratelimit = Family::<LimitLabels, Counter>::default();
         registry.register(
             "ratelimit_decisions",
-            "Rate-limit decisions, by limit and decision",
+            "Rate-limit decisions, by limit, decision and backend (local or redis)",
             ratelimit.clone(),
+        );
+        let ratelimit_redis_fallback = Gauge::default();
+        registry.register(
+            "ratelimit_redis_fallback",
+            "1 while backend = redis and decisions are taken locally because Redis failed",
+            ratelimit_redis_fallback.clone(),
         );
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
         registry.register(
@@ -174,6 +184,7 @@ impl Metrics {
             signing_keys_age,
             token_cache,
             ratelimit,
+            ratelimit_redis_fallback,
             upstream_errors,
             reloads,
         }

@@ -17,6 +17,8 @@
 //! share one overflow bucket with the limit's quota until entries are dropped, so the state
 //! stays bounded and the excess is throttled rather than let through.
 
+pub mod remote;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -41,6 +43,7 @@ use crate::body::Body;
 use crate::config::{By, Limit, RateLimits};
 use crate::reject::Reject;
 use crate::route::MatchedRoute;
+use remote::Remote;
 
 /// `RateLimit-Limit`.
 pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
@@ -164,6 +167,8 @@ pub struct RateLimiter<C: Clock = DefaultClock> {
     groups: BTreeMap<String, Arc<Bucket<C>>>,
     max_tracked_callers: usize,
     clock: C,
+    /// With `backend = "redis"`: the shared store; the buckets above are the fallback.
+    remote: Option<Arc<Remote>>,
 }
 
 impl<C: Clock> std::fmt::Debug for RateLimiter<C> {
@@ -171,6 +176,7 @@ impl<C: Clock> std::fmt::Debug for RateLimiter<C> {
         f.debug_struct("RateLimiter")
             .field("default", &self.default.as_ref().map(|b| b.limit))
             .field("groups", &self.groups.keys().collect::<Vec<_>>())
+            .field("remote", &self.remote)
             .finish_non_exhaustive()
     }
 }
@@ -229,7 +235,20 @@ impl<C: Clock + Clone> RateLimiter<C> {
                 .collect(),
             max_tracked_callers: limits.max_tracked_callers,
             clock,
+            remote: None,
         }
+    }
+
+    /// Decides in Redis through `remote` (local buckets become the fallback).
+    #[must_use]
+    pub fn with_remote(mut self, remote: Option<Arc<Remote>>) -> RateLimiter<C> {
+        self.remote = remote;
+        self
+    }
+
+    /// The Redis side, with `backend = "redis"`.
+    pub fn remote(&self) -> Option<&Arc<Remote>> {
+        self.remote.as_ref()
     }
 
     /// Whether any limit is configured.
@@ -277,28 +296,37 @@ impl<C: Clock + Clone> RateLimiter<C> {
         };
         let limit = selected.limit;
         let interval = quota(&limit).replenish_interval();
-        let burst = limit.burst.get();
         let decision = match bucket.limiter.check_key(&selected.bucket) {
             Ok(snapshot) => {
-                let remaining = snapshot.remaining_burst_capacity().min(burst);
-                Decision {
-                    limit: burst,
-                    remaining,
-                    reset_secs: ceil_secs(interval * (burst - remaining)),
-                    retry_after_secs: None,
-                }
+                Decision::allowed(&limit, interval, snapshot.remaining_burst_capacity())
             }
             Err(not_until) => {
-                let wait = wait_time(&not_until, &self.clock);
-                Decision {
-                    limit: burst,
-                    remaining: 0,
-                    reset_secs: ceil_secs(wait + interval * (burst - 1)),
-                    retry_after_secs: Some(ceil_secs(wait).max(1)),
-                }
+                Decision::refused(&limit, interval, wait_time(&not_until, &self.clock))
             }
         };
         Some((decision, name))
+    }
+
+    /// Like [`RateLimiter::check_named`], deciding in Redis when `backend = "redis"` and
+    /// Redis answers in time, locally otherwise; also says which backend decided.
+    pub async fn check_shared(
+        &self,
+        identity: &Identity,
+    ) -> Option<(Decision, &str, &'static str)> {
+        if let Some(remote) = self.remote.as_ref().filter(|r| r.should_ask()) {
+            let selected = self.select(identity)?;
+            let name = selected.group.unwrap_or("default");
+            let key = remote.key(name, &selected.bucket);
+            match remote.verdict(&key, &selected.limit, None).await {
+                Ok(verdict) => {
+                    remote.answered();
+                    return Some((Remote::decision(&selected.limit, verdict), name, "redis"));
+                }
+                Err(failure) => remote.failed(&failure),
+            }
+        }
+        let (decision, name) = self.check_named(identity)?;
+        Some((decision, name, "local"))
     }
 
     /// Drops callers whose buckets are full again (indistinguishable from new ones).
@@ -344,6 +372,29 @@ fn ceil_secs(d: Duration) -> u64 {
 }
 
 impl Decision {
+    /// An allowed request, `remaining` requests left (governor's count, capped at the burst).
+    fn allowed(limit: &Limit, interval: Duration, remaining: u32) -> Decision {
+        let burst = limit.burst.get();
+        let remaining = remaining.min(burst);
+        Decision {
+            limit: burst,
+            remaining,
+            reset_secs: ceil_secs(interval * (burst - remaining)),
+            retry_after_secs: None,
+        }
+    }
+
+    /// A refused request; one more is allowed after `wait`.
+    fn refused(limit: &Limit, interval: Duration, wait: Duration) -> Decision {
+        let burst = limit.burst.get();
+        Decision {
+            limit: burst,
+            remaining: 0,
+            reset_secs: ceil_secs(wait + interval * (burst - 1)),
+            retry_after_secs: Some(ceil_secs(wait).max(1)),
+        }
+    }
+
     fn headers(&self) -> [(HeaderName, HeaderValue); 3] {
         [
             (RATELIMIT_LIMIT, HeaderValue::from(self.limit)),
@@ -378,50 +429,72 @@ pub struct RateLimit<S> {
 
 impl<S, B> Service<Request<B>> for RateLimit<S>
 where
-    S: Service<Request<B>, Response = Response<Body>>,
+    S: Service<Request<B>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+    B: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let decision = decide(&req);
-        match decision {
-            Some(
-                d @ Decision {
-                    retry_after_secs: Some(retry_after),
-                    ..
-                },
-            ) => {
-                let mut response = Reject::RateLimited { retry_after }.into_response();
-                add_headers(&mut response, &d);
-                ResponseFuture {
-                    inner: None,
-                    early: Some(response),
-                    decision: None,
-                }
-            }
-            decision => ResponseFuture {
-                inner: Some(self.inner.call(req)),
-                early: None,
-                decision,
-            },
+        let Some((snapshot, identity)) = limited(&req) else {
+            return ResponseFuture::Inner {
+                inner: self.inner.call(req),
+                decision: None,
+            };
+        };
+        let Some(limiter) = snapshot.limiter.clone() else {
+            return ResponseFuture::Inner {
+                inner: self.inner.call(req),
+                decision: None,
+            };
+        };
+        if limiter.remote().is_none() {
+            let decision = limiter
+                .check_named(&identity)
+                .map(|(d, limit)| count(&snapshot, d, limit, "local"));
+            return respond(decision, || self.inner.call(req));
+        }
+        // The Redis round trip happens before the request goes on: the service that was made
+        // ready is taken along, a clone stays for the next call (tower's usual pattern).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::Remote {
+            future: Box::pin(async move {
+                let decision = limiter
+                    .check_shared(&identity)
+                    .await
+                    .map(|(d, limit, backend)| count(&snapshot, d, limit, backend));
+                respond(decision, || inner.call(req)).await
+            }),
         }
     }
 }
 
-fn decide<B>(req: &Request<B>) -> Option<Decision> {
+/// The snapshot and identity of a request that may be rate limited (protected routes).
+fn limited<B>(req: &Request<B>) -> Option<(Arc<crate::snapshot::Snapshot>, Arc<Identity>)> {
     let MatchedRoute(route) = req.extensions().get::<MatchedRoute>()?;
     if route.route.access == crate::config::Access::Public {
         return None;
     }
     let identity = req.extensions().get::<Arc<Identity>>()?;
     let snapshot = req.extensions().get::<Arc<crate::snapshot::Snapshot>>()?;
-    let (decision, limit) = snapshot.limiter.as_ref()?.check_named(identity)?;
+    Some((snapshot.clone(), identity.clone()))
+}
+
+/// Counts the decision in `jwtgate_ratelimit_decisions_total`.
+fn count(
+    snapshot: &crate::snapshot::Snapshot,
+    decision: Decision,
+    limit: &str,
+    backend: &'static str,
+) -> Decision {
     let decided = if decision.retry_after_secs.is_some() {
         "limited"
     } else {
@@ -433,9 +506,32 @@ fn decide<B>(req: &Request<B>) -> Option<Decision> {
         .get_or_create(&crate::metrics::LimitLabels {
             limit: limit.to_owned(),
             decision: decided,
+            backend,
         })
         .inc();
-    Some(decision)
+    decision
+}
+
+/// A 429 for a refused decision, otherwise the inner call with the decision's headers.
+fn respond<F, E>(decision: Option<Decision>, call: impl FnOnce() -> F) -> ResponseFuture<F, E> {
+    match decision {
+        Some(
+            d @ Decision {
+                retry_after_secs: Some(retry_after),
+                ..
+            },
+        ) => {
+            let mut response = Reject::RateLimited { retry_after }.into_response();
+            add_headers(&mut response, &d);
+            ResponseFuture::Early {
+                response: Some(response),
+            }
+        }
+        decision => ResponseFuture::Inner {
+            inner: call(),
+            decision,
+        },
+    }
 }
 
 fn add_headers(response: &mut Response<Body>, decision: &Decision) {
@@ -444,37 +540,44 @@ fn add_headers(response: &mut Response<Body>, decision: &Decision) {
     }
 }
 
+/// A boxed response future (the Redis path).
+type Boxed<E> = Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>;
+
 pin_project_lite::pin_project! {
-    /// Response future of [`RateLimit`]: a 429 made up front, or the inner response with the
-    /// `RateLimit-*` headers added.
-    pub struct ResponseFuture<F> {
-        #[pin]
-        inner: Option<F>,
-        early: Option<Response<Body>>,
-        decision: Option<Decision>,
+    /// Response future of [`RateLimit`]: a 429 made up front, the inner response with the
+    /// `RateLimit-*` headers added, or (Redis backend) the decision's round trip first.
+    #[project = Projected]
+    pub enum ResponseFuture<F, E> {
+        /// Refused before calling the inner service.
+        Early { response: Option<Response<Body>> },
+        /// The inner service's response, plus the decision's headers.
+        Inner { #[pin] inner: F, decision: Option<Decision> },
+        /// Decided in Redis (or by the fallback), then one of the above.
+        Remote { future: Boxed<E> },
     }
 }
 
-impl<F, E> Future for ResponseFuture<F>
+impl<F, E> Future for ResponseFuture<F, E>
 where
     F: Future<Output = Result<Response<Body>, E>>,
 {
     type Output = Result<Response<Body>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Some(response) = this.early.take() {
-            return Poll::Ready(Ok(response));
+        match self.project() {
+            Projected::Early { response } => Poll::Ready(Ok(response
+                .take()
+                // Polled after completion: a bug in the caller; answer rather than panic.
+                .unwrap_or_else(|| Reject::Internal.into_response()))),
+            Projected::Inner { inner, decision } => {
+                let mut response = ready!(inner.poll(cx))?;
+                if let Some(decision) = decision {
+                    add_headers(&mut response, decision);
+                }
+                Poll::Ready(Ok(response))
+            }
+            Projected::Remote { future } => future.as_mut().poll(cx),
         }
-        let Some(inner) = this.inner.as_pin_mut() else {
-            // Polled after completion: a bug in the caller; answer rather than panic.
-            return Poll::Ready(Ok(Reject::Internal.into_response()));
-        };
-        let mut response = ready!(inner.poll(cx))?;
-        if let Some(decision) = this.decision {
-            add_headers(&mut response, decision);
-        }
-        Poll::Ready(Ok(response))
     }
 }
 

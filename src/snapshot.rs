@@ -16,12 +16,13 @@ use tower::util::MapRequestLayer;
 
 use crate::auth::Authenticator;
 use crate::auth::jwks::KeyCache;
-use crate::config::Config;
+use crate::config::{Backend, Config, RateLimits};
 use crate::lock;
 use crate::metrics::Metrics;
 use crate::proxy::HttpClient;
 use crate::proxy::upstream::{ConnectTimeouts, UpstreamPool};
 use crate::ratelimit::RateLimiter;
+use crate::ratelimit::remote::Remote;
 use crate::route::{CompiledRoute, RouteTable};
 
 /// A validated configuration, compiled: route table, upstream pools, token checks, limits.
@@ -48,8 +49,13 @@ impl Snapshot {
     /// Compiles a validated configuration with fresh limiter state and its own metrics;
     /// `keys` holds the signing keys of its `[okta]` issuer.
     pub fn new(config: Arc<Config>, keys: Option<Arc<KeyCache>>) -> Snapshot {
-        let limiter = RateLimiter::new(&config.rate_limits);
-        Snapshot::from_parts(config, keys, limiter, Arc::new(Metrics::new()))
+        let metrics = Arc::new(Metrics::new());
+        let limiter = RateLimiter::new(&config.rate_limits).with_remote(remote(
+            &config.rate_limits,
+            None,
+            &metrics,
+        ));
+        Snapshot::from_parts(config, keys, limiter, metrics)
     }
 
     fn from_parts(
@@ -171,10 +177,9 @@ impl Shared {
                 }
             },
         };
-        let limiter = RateLimiter::reusing(
-            &config.rate_limits,
-            previous.and_then(|p| p.limiter.as_deref()),
-        );
+        let previous_limiter = previous.and_then(|p| p.limiter.as_deref());
+        let limiter = RateLimiter::reusing(&config.rate_limits, previous_limiter)
+            .with_remote(remote(&config.rate_limits, previous_limiter, &self.metrics));
         let snapshot = Snapshot::from_parts(config, keys, limiter, self.metrics.clone());
         self.timeouts
             .install(snapshot.upstreams.values().map(AsRef::as_ref));
@@ -195,4 +200,24 @@ pub fn layer<B>(live: Live) -> MapRequestLayer<impl Fn(Request<B>) -> Request<B>
         req.extensions_mut().insert(live.load_full());
         req
     })
+}
+
+/// The Redis side of `[rate_limits]` with `backend = "redis"`: the previous configuration's
+/// connection when its settings are the same, a new one otherwise.
+fn remote(
+    limits: &RateLimits,
+    previous: Option<&RateLimiter>,
+    metrics: &Arc<Metrics>,
+) -> Option<Arc<Remote>> {
+    let Backend::Redis(settings) = &limits.backend else {
+        metrics.ratelimit_redis_fallback.set(0);
+        return None;
+    };
+    if let Some(same) = previous
+        .and_then(RateLimiter::remote)
+        .filter(|r| r.settings() == settings)
+    {
+        return Some(same.clone());
+    }
+    Some(Arc::new(Remote::connect(settings, metrics.clone())))
 }

@@ -18,8 +18,9 @@ PROXY_CPU=0
 LOAD_CPU=1
 mkdir -p "$OUT/runs" "$OUT/conf"
 
-if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
-  apt-get update -q && apt-get install -y -q wrk nginx haproxy
+if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null \
+  || ! command -v redis-server >/dev/null; then
+  apt-get update -q && apt-get install -y -q wrk nginx haproxy redis-server
 fi
 cargo build --release --locked --bin jwtgate --example bench_issuer
 
@@ -124,7 +125,15 @@ sed -e 's/18084/18085/; s/18094/18095/; s/requests = 1000000000, per = "1s"/requ
 RUST_LOG=warn taskset -c $PROXY_CPU target/release/jwtgate run --config "$OUT/conf/jwtgate-limited.toml" \
   --log-format json 2> "$OUT/jwtgate-limited.log" & PIDS+=($!)
 
-for port in 18081 18082 18083 18084 18085; do
+# jwtgate deciding its limits in Redis (SPEC §7), Redis on the load CPU like the upstream.
+taskset -c $LOAD_CPU redis-server --port 18096 --bind 127.0.0.1 --save "" --appendonly no \
+  > "$OUT/redis.log" 2>&1 & PIDS+=($!)
+sed -e 's/18084/18086/; s/18094/18097/; s/^\[rate_limits.groups\]/[rate_limits]\nbackend = "redis"\nredis_url = "redis:\/\/127.0.0.1:18096"\n[rate_limits.groups]/' \
+  "$OUT/conf/jwtgate.toml" > "$OUT/conf/jwtgate-redis.toml"
+RUST_LOG=warn taskset -c $PROXY_CPU target/release/jwtgate run --config "$OUT/conf/jwtgate-redis.toml" \
+  --log-format json 2> "$OUT/jwtgate-redis.log" & PIDS+=($!)
+
+for port in 18081 18082 18083 18084 18085 18086; do
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
 done
 for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:18094/readyz && break; sleep 0.1; done
@@ -145,6 +154,7 @@ for round in $(seq "$ROUNDS"); do
     run reused haproxy-jwt "$c" "$round" http://127.0.0.1:18083/api/x scripts/bench/bearer.lua
     run reused jwtgate-protected "$c" "$round" http://127.0.0.1:18084/api/x scripts/bench/bearer.lua
     run reused jwtgate-public "$c" "$round" http://127.0.0.1:18084/public/x
+    run reused jwtgate-redis "$c" "$round" http://127.0.0.1:18086/api/x scripts/bench/bearer.lua
     run distinct haproxy-jwt "$c" "$round" http://127.0.0.1:18083/api/x scripts/bench/tokens.lua
     run distinct jwtgate-protected "$c" "$round" http://127.0.0.1:18084/api/x scripts/bench/tokens.lua
     run over-limit jwtgate-429 "$c" "$round" http://127.0.0.1:18085/limited/x scripts/bench/bearer.lua

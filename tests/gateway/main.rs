@@ -14,6 +14,7 @@ mod keys;
 mod operations;
 mod paths;
 mod ratelimit;
+mod redis;
 mod smuggling;
 mod tls;
 mod upgrade;

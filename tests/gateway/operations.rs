@@ -12,31 +12,9 @@ use jwtgate::config::Config;
 use jwtgate::echo::EchoServer;
 use jwtgate::server::Gateway;
 
-use crate::support::{Harness, ROUTES, client, config_with_issuer, send, start_issuer, wait_ready};
-
-async fn scrape(gateway: &Gateway) -> String {
-    let admin = gateway.admin_addr().unwrap();
-    let r = send(
-        &client(),
-        Request::get(format!("http://{admin}/metrics"))
-            .body(body::empty())
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(r.status, 200);
-    String::from_utf8(r.body.to_vec()).unwrap()
-}
-
-/// The value of one series, e.g. `jwtgate_refusals_total{reason="forbidden"}`; 0 if absent.
-fn value(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .map_or(0.0, |v| v.trim().parse().unwrap())
-}
+use crate::support::{
+    Harness, ROUTES, client, config_with_issuer, scrape, send, start_issuer, value, wait_ready,
+};
 
 #[tokio::test]
 async fn metrics_count_a_scripted_mix_of_requests() {
@@ -96,11 +74,11 @@ async fn metrics_count_a_scripted_mix_of_requests() {
         (r#"jwtgate_refusals_total{reason="no_route"}"#, 1.0),
         (r#"jwtgate_refusals_total{reason="upstream_failed"}"#, 1.0),
         (
-            r#"jwtgate_ratelimit_decisions_total{limit="orders-readers",decision="allowed"}"#,
+            r#"jwtgate_ratelimit_decisions_total{limit="orders-readers",decision="allowed",backend="local"}"#,
             3.0,
         ),
         (
-            r#"jwtgate_ratelimit_decisions_total{limit="orders-readers",decision="limited"}"#,
+            r#"jwtgate_ratelimit_decisions_total{limit="orders-readers",decision="limited",backend="local"}"#,
             1.0,
         ),
         (

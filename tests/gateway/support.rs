@@ -306,3 +306,28 @@ pub(crate) async fn closed_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     listener.local_addr().unwrap()
 }
+
+/// The gateway's `/metrics` text.
+pub(crate) async fn scrape(gateway: &Gateway) -> String {
+    let admin = gateway.admin_addr().unwrap();
+    let r = send(
+        &client(),
+        Request::get(format!("http://{admin}/metrics"))
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    String::from_utf8(r.body.to_vec()).unwrap()
+}
+
+/// The value of one series, e.g. `jwtgate_refusals_total{reason="forbidden"}`; 0 if absent.
+pub(crate) fn value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
