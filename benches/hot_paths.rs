@@ -79,6 +79,7 @@ fn tokens(c: &mut Criterion) {
         client_ids: None,
         groups_claim: "groups".into(),
         scopes_claim: "scp".into(),
+        forwarded_claims: vec!["sub".into(), "groups".into()],
     };
     let now = validate::unix_now();
     let identity = {

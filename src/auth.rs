@@ -59,6 +59,13 @@ impl Authenticator {
         }
     }
 
+    /// Keeps these claims (the `claims_to_headers` names) in identities; others are dropped.
+    #[must_use]
+    pub fn forwarding(mut self, claims: impl IntoIterator<Item = String>) -> Authenticator {
+        self.policy.forwarded_claims = claims.into_iter().collect();
+        self
+    }
+
     /// The key cache this authenticator reads.
     pub fn keys(&self) -> &Arc<KeyCache> {
         &self.keys

@@ -76,11 +76,15 @@ impl Snapshot {
             })
         }));
         let auth = match (&config.okta, keys) {
-            (Some(okta), Some(keys)) => Some(Arc::new(Authenticator::with_metrics(
-                okta,
-                keys,
-                metrics.clone(),
-            ))),
+            (Some(okta), Some(keys)) => Some(Arc::new(
+                Authenticator::with_metrics(okta, keys, metrics.clone()).forwarding(
+                    config
+                        .forward
+                        .claims_to_headers
+                        .iter()
+                        .map(|(claim, _)| claim.clone()),
+                ),
+            )),
             _ => None,
         };
         let limiter = Some(Arc::new(limiter)).filter(|l| !l.is_empty());

@@ -144,6 +144,10 @@ pub struct Policy {
     pub groups_claim: String,
     /// Claim holding the scopes.
     pub scopes_claim: String,
+    /// Claims kept in [`Identity::claims`]: those `[forward] claims_to_headers` names. The
+    /// rest are dropped once checked, so a cached identity holds only what is used (about
+    /// 2 KB less per cached token with Okta's usual claims).
+    pub forwarded_claims: Vec<String>,
 }
 
 impl Policy {
@@ -155,6 +159,7 @@ impl Policy {
             algorithms: okta.algorithms.clone(),
             leeway: okta.leeway.as_secs(),
             client_ids: okta.client_ids.clone(),
+            forwarded_claims: Vec::new(),
             groups_claim: okta.groups_claim.clone(),
             scopes_claim: okta.scopes_claim.clone(),
         }
@@ -201,8 +206,8 @@ pub struct Identity {
     pub scopes: Vec<String>,
     /// `exp`, in seconds since the epoch.
     pub exp: u64,
-    /// Every top-level claim that is a string, number, boolean or array of those, as text,
-    /// for `claims_to_headers`.
+    /// The claims of [`Policy::forwarded_claims`] that are a string, number, boolean or array
+    /// of those, as text, for `claims_to_headers`.
     pub claims: BTreeMap<String, Vec<String>>,
 }
 
@@ -388,9 +393,10 @@ fn check_claims(
         Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
         Some(v) => strings(v).ok_or(Reason::Malformed)?,
     };
-    let flat = claims
+    let flat = policy
+        .forwarded_claims
         .iter()
-        .filter_map(|(k, v)| scalars(v).map(|s| (k.clone(), s)))
+        .filter_map(|k| claims.get(k).and_then(scalars).map(|s| (k.clone(), s)))
         .collect();
     Ok(Identity {
         sub: sub.to_owned(),

@@ -46,6 +46,7 @@ fn policy(issuer: &Issuer) -> Policy {
         client_ids: None,
         groups_claim: "groups".into(),
         scopes_claim: "scp".into(),
+        forwarded_claims: vec![],
     }
 }
 
@@ -89,7 +90,8 @@ fn b64(v: &str) -> String {
 #[tokio::test]
 async fn an_okta_token_yields_its_identity() {
     let iss = issuer().await;
-    let p = policy(&iss);
+    let mut p = policy(&iss);
+    p.forwarded_claims = vec!["sub".into(), "groups".into(), "absent".into()];
     let id = check(&iss, &iss.sign(&claims(&iss)), &p, NOW).unwrap();
     assert_eq!(id.sub, "alice");
     assert_eq!(id.uid.as_deref(), Some("00u1"));
@@ -97,7 +99,10 @@ async fn an_okta_token_yields_its_identity() {
     assert_eq!(id.groups, ["readers", "admins"]);
     assert_eq!(id.scopes, ["orders:read", "openid"]);
     assert_eq!(id.exp, NOW + 3600);
+    // Only the forwarded claims are kept (cached identities stay small).
     assert_eq!(id.claims["sub"], ["alice"]);
+    assert_eq!(id.claims["groups"], ["readers", "admins"]);
+    assert_eq!(id.claims.len(), 2, "{:?}", id.claims);
 }
 
 #[tokio::test]
