@@ -1,8 +1,9 @@
 //! The local issuer for `scripts/bench/run.sh`: serves keys on 127.0.0.1:PORT for the whole
 //! benchmark and writes, into OUTDIR, `issuer.txt` (the issuer URL), `token.txt` (one token),
-//! `tokens.txt` (10,000 tokens of distinct callers) and `pubkey.pem` (for HAProxy).
+//! `tokens.txt` (TOKENS tokens of distinct callers, default 10,000) and `pubkey.pem` (for
+//! HAProxy).
 //!
-//! `cargo run --release --example bench_issuer -- PORT OUTDIR`
+//! `cargo run --release --example bench_issuer -- PORT OUTDIR [TOKENS]`
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ async fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let port: u16 = args.next().and_then(|p| p.parse().ok()).unwrap_or(18180);
     let out = std::path::PathBuf::from(args.next().unwrap_or_else(|| ".".into()));
+    let count: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(10_000);
     let issuer = Issuer::start(
         ([127, 0, 0, 1], port).into(),
         IssuerConfig {
@@ -33,7 +35,7 @@ async fn main() -> std::io::Result<()> {
     std::fs::write(out.join("token.txt"), issuer.token_for_user("bench-user"))?;
     let base = issuer.claims_for_user("bench-user");
     let mut many = String::new();
-    for i in 0..10_000 {
+    for i in 0..count {
         let mut claims = base.clone();
         claims["sub"] = format!("user{i}@bench.example").into();
         claims["uid"] = format!("00u{i:017}").into();
