@@ -12,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${N:-1000000}
 OUT=${OUT:-$(mktemp -d /tmp/jwtgate-memory.XXXXXX)}
+mkdir -p "$OUT"
 if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
   apt-get update -q && apt-get install -y -q wrk nginx
 fi
