@@ -443,24 +443,24 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let Some((snapshot, identity)) = limited(&req) else {
-            return ResponseFuture::Inner {
-                inner: self.inner.call(req),
-                decision: None,
-            };
+        let (snapshot, identity, limiter) = match limited(&req) {
+            Some((snapshot, identity, limiter)) if limiter.remote().is_none() => {
+                // Local: decided here, borrowing from the request.
+                let decision = limiter
+                    .check_named(identity)
+                    .map(|(d, limit)| count(snapshot, d, limit, "local"));
+                return respond(decision, || self.inner.call(req));
+            }
+            Some((snapshot, identity, limiter)) => {
+                (snapshot.clone(), identity.clone(), limiter.clone())
+            }
+            None => {
+                return ResponseFuture::Inner {
+                    inner: self.inner.call(req),
+                    decision: None,
+                };
+            }
         };
-        let Some(limiter) = snapshot.limiter.clone() else {
-            return ResponseFuture::Inner {
-                inner: self.inner.call(req),
-                decision: None,
-            };
-        };
-        if limiter.remote().is_none() {
-            let decision = limiter
-                .check_named(&identity)
-                .map(|(d, limit)| count(&snapshot, d, limit, "local"));
-            return respond(decision, || self.inner.call(req));
-        }
         // The Redis round trip happens before the request goes on: the service that was made
         // ready is taken along, a clone stays for the next call (tower's usual pattern).
         let clone = self.inner.clone();
@@ -477,15 +477,23 @@ where
     }
 }
 
-/// The snapshot and identity of a request that may be rate limited (protected routes).
-fn limited<B>(req: &Request<B>) -> Option<(Arc<crate::snapshot::Snapshot>, Arc<Identity>)> {
+/// The snapshot, identity and limiter of a request that may be rate limited (protected routes
+/// with a limit configured).
+fn limited<B>(
+    req: &Request<B>,
+) -> Option<(
+    &Arc<crate::snapshot::Snapshot>,
+    &Arc<Identity>,
+    &Arc<RateLimiter>,
+)> {
     let MatchedRoute(route) = req.extensions().get::<MatchedRoute>()?;
     if route.route.access == crate::config::Access::Public {
         return None;
     }
     let identity = req.extensions().get::<Arc<Identity>>()?;
     let snapshot = req.extensions().get::<Arc<crate::snapshot::Snapshot>>()?;
-    Some((snapshot.clone(), identity.clone()))
+    let limiter = snapshot.limiter.as_ref()?;
+    Some((snapshot, identity, limiter))
 }
 
 /// Counts the decision in `jwtgate_ratelimit_decisions_total`.
