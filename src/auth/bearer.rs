@@ -50,25 +50,25 @@ pub fn extract<'a>(
         return Err(BearerError::Invalid(Reason::TooLarge));
     }
     // token68 as a JWS compact serialisation uses: base64url characters and dots.
-    if rest.is_empty() || !rest.iter().all(|&b| JWS_BYTE[usize::from(b)]) {
+    if rest.is_empty() || !all_jws_bytes(rest) {
         return Err(BearerError::Invalid(Reason::Malformed));
     }
     // Checked to be ASCII just above.
     std::str::from_utf8(rest).map_err(|_| BearerError::Invalid(Reason::Malformed))
 }
 
-/// The bytes of a JWS compact serialisation: base64url and `.`. A table, because this runs on
-/// every byte of every token (a per-byte chain of comparisons showed up in profiles).
-static JWS_BYTE: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.');
-        b += 1;
-    }
-    table
-};
+/// Whether every byte is one a JWS compact serialisation uses: base64url and `.`.
+///
+/// This runs on every byte of every token, so it is written without an early exit and with
+/// arithmetic instead of a chain of comparisons, which the compiler turns into vector code (a
+/// short-circuiting `all` over a byte table still showed at ~2 % of a load profile).
+fn all_jws_bytes(bytes: &[u8]) -> bool {
+    bytes.iter().fold(true, |ok, &b| {
+        let letter = (b | 0x20).wrapping_sub(b'a') < 26;
+        let digit = b.wrapping_sub(b'0') < 10;
+        ok & (letter | digit | (b == b'-') | (b == b'_') | (b == b'.'))
+    })
+}
 
 /// `Bearer <token>`: the scheme, one space, the rest.
 fn split_scheme(value: &[u8]) -> Option<(&[u8], &[u8])> {
@@ -91,6 +91,16 @@ mod tests {
             h.append(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
         }
         h
+    }
+
+    #[test]
+    fn the_token_byte_check_accepts_exactly_base64url_and_dots() {
+        for b in 0..=255u8 {
+            let expected = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+            assert_eq!(all_jws_bytes(&[b]), expected, "byte {b:#04x}");
+            assert_eq!(all_jws_bytes(&[b'a', b, b'.']), expected, "byte {b:#04x}");
+        }
+        assert!(all_jws_bytes(b""));
     }
 
     #[test]
