@@ -231,11 +231,15 @@ fn run_gateway(path: &Path) -> Result<(), CliError> {
     }
     runtime(&config)?.block_on(async {
         let signals = Signals::install()?;
+        // SIGHUP too is listened for before the gateway announces itself: its default action
+        // ends the process, and a reload sent right after start must not.
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| CliError::Fatal(format!("cannot listen for SIGHUP: {e}")))?;
         let gateway = Gateway::start(config).await.map_err(|e| match e {
             StartError::Tls(e) => CliError::Config(e.to_string()),
             other => CliError::Fatal(other.to_string()),
         })?;
-        let reloader = crate::reload::spawn(path.to_path_buf(), gateway.control(), true)
+        let reloader = crate::reload::spawn(path.to_path_buf(), gateway.control(), Some(hangup))
             .map_err(|e| CliError::Fatal(format!("cannot watch {}: {e}", path.display())))?;
         signals.recv().await;
         reloader.abort();

@@ -20,16 +20,16 @@ use crate::server::Control;
 /// Quiet period after the last file event before the file is read.
 pub const DEBOUNCE: Duration = Duration::from_millis(250);
 
-/// Watches `path` (and, with `sighup`, the SIGHUP signal) and reloads it into `control` until
-/// the returned task is aborted.
+/// Watches `path` (and, with `hangup`, SIGHUP, whose listener the caller installs before the
+/// gateway announces itself) and reloads it into `control` until the returned task is aborted.
 ///
 /// # Errors
 ///
-/// The file's folder cannot be watched, or SIGHUP cannot be listened for.
+/// The file's folder cannot be watched.
 pub fn spawn(
     path: PathBuf,
     control: Arc<Control>,
-    sighup: bool,
+    mut hangup: Option<tokio::signal::unix::Signal>,
 ) -> std::io::Result<JoinHandle<()>> {
     let (tx, mut rx) = mpsc::channel::<()>(64);
     let name = path.file_name().map(ToOwned::to_owned);
@@ -52,13 +52,6 @@ pub fn spawn(
     watcher
         .watch(&folder, RecursiveMode::NonRecursive)
         .map_err(std::io::Error::other)?;
-    let mut hangup = if sighup {
-        Some(tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::hangup(),
-        )?)
-    } else {
-        None
-    };
     Ok(tokio::spawn(async move {
         // The watcher stops when dropped: keep it for the life of the task.
         let _watcher = watcher;

@@ -601,3 +601,45 @@ async fn each_request_gets_one_access_log_line_and_sighup_reloads() {
         assert!(!all.contains(secret), "{secret} reached the log");
     }
 }
+
+#[tokio::test]
+async fn a_sighup_right_after_start_reloads_instead_of_ending_the_process() {
+    // SIGHUP's default action ends a process: its listener must be in place before the
+    // gateway announces its address, or a reload sent at once kills the gateway.
+    let echo = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hup.toml");
+    std::fs::write(
+        &file,
+        config_text(
+            echo.addr(),
+            "[[routes]]\npath = \"/public\"\nupstream = \"echo\"\npublic = true\n",
+        ),
+    )
+    .unwrap();
+    for _ in 0..10 {
+        let mut child = spawn_gateway(&file, "info");
+        let pid = child.process.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let reply = send(
+            &client(),
+            Request::get(format!("http://{}/public/x", child.addr))
+                .body(jwtgate::body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(reply.status, 200);
+        assert!(
+            child.process.try_wait().unwrap().is_none(),
+            "the gateway ended on SIGHUP"
+        );
+        let (status, _) = terminate(child).await;
+        assert!(status.success(), "{status}");
+    }
+}

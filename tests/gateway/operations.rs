@@ -287,7 +287,7 @@ async fn a_reload_keeps_buckets_of_unchanged_limits() {
 async fn a_changed_file_is_reloaded_by_the_watcher() {
     let r = Reloadable::start().await;
     std::fs::write(r.file(), r.text(V1)).unwrap();
-    let watcher = jwtgate::reload::spawn(r.file(), r.gateway.control(), false).unwrap();
+    let watcher = jwtgate::reload::spawn(r.file(), r.gateway.control(), None).unwrap();
     std::fs::write(r.file(), r.text(&v2())).unwrap();
     // File events and the debounce take real time: poll, bounded.
     let mut status = 404;
