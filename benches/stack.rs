@@ -53,9 +53,15 @@ claims_to_headers = {{ sub = "X-Auth-Subject", groups = "X-Auth-Groups" }}
         let shared = Shared::new().unwrap();
         let snapshot = shared.compile(Arc::new(config), None, true).await.unwrap();
         let live = Arc::new(arc_swap::ArcSwap::from_pointee(snapshot));
-        let service = jwtgate::stack::build(live, shared.client.clone(), shared.metrics.clone());
+        let service = jwtgate::stack::build(live, shared.upstreams.clone(), shared.metrics.clone());
         let metrics = shared.metrics.clone();
-        (issuer, echo, service, shared.client.clone(), metrics)
+        (
+            issuer,
+            echo,
+            service,
+            shared.upstreams.client().clone(),
+            metrics,
+        )
     });
     let token = format!("Bearer {}", issuer.token_for_user("alice"));
     let echo_url = format!("http://{}/api/items/42", echo.addr());

@@ -3,7 +3,8 @@
 //! By default it answers `200` with a JSON description of the request it received (method,
 //! path, query, headers, body size), reading the body as it streams. With the request header
 //! `x-echo-body: stream` it streams the request body back instead, so large bodies can be
-//! pushed through the gateway in both directions.
+//! pushed through the gateway in both directions. It numbers the connections it accepts (from
+//! 1) and says in each JSON answer which one the request came on (`connection`).
 
 use std::convert::Infallible;
 use std::io;
@@ -28,6 +29,7 @@ use crate::body::{self, Body};
 pub struct EchoServer {
     addr: SocketAddr,
     requests: Arc<AtomicU64>,
+    connections: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
 
@@ -41,17 +43,19 @@ impl EchoServer {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let requests = Arc::new(AtomicU64::new(0));
-        let counter = requests.clone();
+        let connections = Arc::new(AtomicU64::new(0));
+        let (counter, accepted) = (requests.clone(), connections.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let counter = counter.clone();
+                let connection = accepted.fetch_add(1, Ordering::Relaxed) + 1;
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                         counter.fetch_add(1, Ordering::Relaxed);
-                        async move { Ok::<_, Infallible>(echo(req).await) }
+                        async move { Ok::<_, Infallible>(echo(req, connection).await) }
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
@@ -62,6 +66,7 @@ impl EchoServer {
         Ok(EchoServer {
             addr,
             requests,
+            connections,
             task,
         })
     }
@@ -75,6 +80,11 @@ impl EchoServer {
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
+
+    /// How many connections it has accepted.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for EchoServer {
@@ -83,7 +93,7 @@ impl Drop for EchoServer {
     }
 }
 
-async fn echo(req: Request<Incoming>) -> Response<Body> {
+async fn echo(req: Request<Incoming>, connection: u64) -> Response<Body> {
     if req
         .headers()
         .get("x-echo-body")
@@ -130,6 +140,7 @@ async fn echo(req: Request<Incoming>) -> Response<Body> {
         "headers": headers,
         "body_bytes": body_bytes,
         "body_error": body_error,
+        "connection": connection,
     });
     let mut response = Response::new(body::full(Bytes::from(doc.to_string())));
     response

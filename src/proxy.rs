@@ -13,6 +13,7 @@
 //! byte for byte. Every other upgrade (notably `h2c`, whose pass-through lets a client speak h2
 //! directly to the upstream past the gateway) is stripped like any hop-by-hop header.
 
+pub mod conns;
 pub mod headers;
 pub mod upstream;
 
@@ -22,7 +23,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::HOST;
+use http::header::{HOST, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper_rustls::HttpsConnector;
@@ -47,6 +48,23 @@ pub type HttpClient = Client<HttpsConnector<Connector>, Body>;
 ///
 /// Only if the TLS provider refuses the default protocol versions, which aws-lc-rs never does.
 pub fn client(timeouts: ConnectTimeouts) -> Result<HttpClient, rustls::Error> {
+    Ok(pooled(connector(timeouts)?))
+}
+
+fn pooled(connector: HttpsConnector<Connector>) -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(conns::IDLE_TIMEOUT)
+        .build(connector)
+}
+
+/// TCP with the target's connect deadline, then rustls (aws-lc-rs, system roots) for `https`.
+///
+/// # Errors
+///
+/// As [`client`].
+pub fn connector(timeouts: ConnectTimeouts) -> Result<HttpsConnector<Connector>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = match hyper_rustls::HttpsConnectorBuilder::new()
         .with_provider_and_native_roots(provider.clone())
@@ -62,15 +80,44 @@ pub fn client(timeouts: ConnectTimeouts) -> Result<HttpClient, rustls::Error> {
             hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls)
         }
     };
-    let connector = builder
+    Ok(builder
         .https_or_http()
         .enable_http1()
-        .wrap_connector(Connector::new(timeouts));
-    Ok(Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(90))
-        .build(connector))
+        .wrap_connector(Connector::new(timeouts)))
+}
+
+/// Everything that reaches upstreams: the pooled client (h2 clients' requests, WebSocket
+/// upgrades, the issuer's keys) and the connections HTTP/1.1 client connections carry along
+/// ([`conns`]).
+#[derive(Debug, Clone)]
+pub struct Upstreams {
+    client: HttpClient,
+    conns: conns::Connections,
+}
+
+impl Upstreams {
+    /// Both ways to upstreams, opening connections with the same connector.
+    ///
+    /// # Errors
+    ///
+    /// As [`client`].
+    pub fn new(timeouts: ConnectTimeouts) -> Result<Upstreams, rustls::Error> {
+        let connector = connector(timeouts)?;
+        Ok(Upstreams {
+            client: pooled(connector.clone()),
+            conns: conns::Connections::new(connector),
+        })
+    }
+
+    /// The pooled client.
+    pub fn client(&self) -> &HttpClient {
+        &self.client
+    }
+
+    /// The connections carried by client connections, and the idle ones.
+    pub fn conns(&self) -> &conns::Connections {
+        &self.conns
+    }
 }
 
 /// The innermost service: forwards to the upstream and maps its failures to 502 / 504.
@@ -78,14 +125,14 @@ pub fn client(timeouts: ConnectTimeouts) -> Result<HttpClient, rustls::Error> {
 pub struct Forward {
     // Behind an `Arc`: the stack is cloned per request, and cloning the client itself means a
     // handful of reference counts (pool, connector, executor, timers) each time.
-    client: Arc<HttpClient>,
+    upstreams: Arc<Upstreams>,
 }
 
 impl Forward {
-    /// Forwards through `client`.
-    pub fn new(client: HttpClient) -> Forward {
+    /// Forwards through `upstreams`.
+    pub fn new(upstreams: Upstreams) -> Forward {
         Forward {
-            client: Arc::new(client),
+            upstreams: Arc::new(upstreams),
         }
     }
 }
@@ -101,16 +148,16 @@ impl Service<Request<Body>> for Forward {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let client = self.client.clone();
+        let upstreams = self.upstreams.clone();
         Box::pin(async move {
-            Ok(forward(&client, req)
+            Ok(forward(&upstreams, req)
                 .await
                 .unwrap_or_else(Reject::into_response))
         })
     }
 }
 
-async fn forward(client: &HttpClient, mut req: Request<Body>) -> Result<Response<Body>, Reject> {
+async fn forward(upstreams: &Upstreams, mut req: Request<Body>) -> Result<Response<Body>, Reject> {
     let (Some(MatchedRoute(route)), Some(snapshot)) = (
         req.extensions_mut().remove::<MatchedRoute>(),
         req.extensions().get::<Arc<Snapshot>>().cloned(),
@@ -121,13 +168,13 @@ async fn forward(client: &HttpClient, mut req: Request<Body>) -> Result<Response
     let conn = req
         .extensions()
         .get::<ConnInfo>()
-        .map(|c| (c.remote.ip(), c.tls));
+        .map(|c| (c.client_ip.clone(), c.tls, c.affinity.clone()));
     let Some(target) = route.upstream.next_target() else {
         return Err(Reject::UpstreamFailed);
     };
 
     if let Some(record) = crate::access_log::Record::of(&req) {
-        let _ = record.upstream.set(target.to_string());
+        let _ = record.upstream.set(target.clone());
     }
     let path = upstream_path(&route.route, req.uri().path());
     let pq = match req.uri().query() {
@@ -147,9 +194,10 @@ async fn forward(client: &HttpClient, mut req: Request<Body>) -> Result<Response
         .get(HOST)
         .cloned()
         .or_else(|| req.uri().authority().and_then(|a| a.as_str().parse().ok()));
+    let loopback = HeaderValue::from_static("127.0.0.1");
     let origin = headers::Origin {
-        client_ip: conn.map_or([127, 0, 0, 1].into(), |(ip, _)| ip),
-        tls: conn.is_some_and(|(_, tls)| tls),
+        client_ip: conn.as_ref().map_or(&loopback, |(ip, _, _)| ip),
+        tls: conn.as_ref().is_some_and(|(_, tls, _)| *tls),
         host: host.as_ref(),
     };
     let identity = req.extensions().get::<Arc<Identity>>().cloned();
@@ -159,66 +207,89 @@ async fn forward(client: &HttpClient, mut req: Request<Body>) -> Result<Response
         &snapshot.config.forward,
         identity.as_deref(),
     );
+    // An HTTP/1.1 client connection carries its upstream connection along; h2 clients (many
+    // requests at once on one connection) and WebSocket upgrades use the pool.
+    let affinity = conn
+        .map(|(_, _, affinity)| affinity)
+        .filter(|_| !websocket && req.version() != Version::HTTP_2);
     // The client speaks HTTP/1.1 to upstreams whatever the client spoke to us.
     *req.version_mut() = Version::HTTP_11;
     *req.uri_mut() = uri;
-    let client_upgrade = websocket.then(|| {
+    let mut client_upgrade = websocket.then(|| {
         headers::restore_websocket_upgrade(req.headers_mut());
         hyper::upgrade::on(&mut req)
     });
 
     let deadline = route.upstream.timeout;
-    let upstream_error = |kind: &'static str| {
-        snapshot
-            .metrics
-            .upstream_errors
-            .get_or_create(&crate::metrics::UpstreamErrorLabels {
-                upstream: route.upstream.name.clone(),
-                kind,
-            })
-            .inc();
+    let sending = async {
+        match affinity {
+            Some(affinity) => upstreams
+                .conns
+                .send(affinity, target, req)
+                .await
+                .map(|r| (r.map(Body::new), false)),
+            None => match upstreams.client.request(req).await {
+                Ok(mut response) => {
+                    let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS
+                        && client_upgrade.is_some();
+                    if let (Some(client), true) = (client_upgrade.take(), upgraded) {
+                        let upstream = hyper::upgrade::on(&mut response);
+                        tokio::spawn(tunnel(client, upstream));
+                    }
+                    Ok((response.map(body::boxed), upgraded))
+                }
+                Err(e) if e.is_connect() => Err(conns::SendError::Connect(e.into())),
+                Err(e) => Err(conns::SendError::Http(e.into())),
+            },
+        }
     };
-    match tokio::time::timeout(deadline, client.request(req)).await {
+    match tokio::time::timeout(deadline, sending).await {
         Err(_) => {
             tracing::warn!(upstream = %route.upstream.name, %target, ?deadline, "upstream timed out");
-            upstream_error("timeout");
+            upstream_error(&snapshot, &route.upstream.name, "timeout");
             Err(Reject::UpstreamTimeout)
         }
         Ok(Err(e)) => {
-            let kind = error_kind(&e);
+            let kind = e.kind();
             tracing::warn!(
                 upstream = %route.upstream.name,
                 %target,
                 kind,
-                error = %error_chain(&e),
+                error = %e.chain(),
                 "upstream failed"
             );
-            upstream_error(kind);
+            upstream_error(&snapshot, &route.upstream.name, kind);
             Err(Reject::UpstreamFailed)
         }
-        Ok(Ok(mut response)) => {
-            let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-            if let (Some(client_upgrade), true) = (client_upgrade, switching) {
-                let upstream_upgrade = hyper::upgrade::on(&mut response);
-                tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
-                let (mut parts, incoming) = response.into_parts();
-                headers::remove_hop_by_hop(&mut parts.headers);
-                headers::restore_websocket_upgrade(&mut parts.headers);
-                return Ok(Response::from_parts(parts, body::boxed(incoming)));
-            }
-            let (mut parts, incoming) = response.into_parts();
+        Ok(Ok((response, upgraded))) => {
+            let (mut parts, body) = response.into_parts();
             headers::remove_hop_by_hop(&mut parts.headers);
+            if upgraded {
+                headers::restore_websocket_upgrade(&mut parts.headers);
+                return Ok(Response::from_parts(parts, body));
+            }
             // The upstream's HTTP version is its own hop's; hyper answers the client in the
             // version of the client's connection.
             parts.version = Version::HTTP_11;
-            if switching {
+            if parts.status == StatusCode::SWITCHING_PROTOCOLS {
                 // A 101 nobody asked for cannot be relayed: the client did not offer to switch.
                 tracing::warn!(upstream = %route.upstream.name, %target, "unsolicited 101 from upstream");
                 return Err(Reject::UpstreamFailed);
             }
-            Ok(Response::from_parts(parts, body::boxed(incoming)))
+            Ok(Response::from_parts(parts, body))
         }
     }
+}
+
+fn upstream_error(snapshot: &Snapshot, upstream: &str, kind: &'static str) {
+    snapshot
+        .metrics
+        .upstream_errors
+        .get_or_create(&crate::metrics::UpstreamErrorLabels {
+            upstream: upstream.to_owned(),
+            kind,
+        })
+        .inc();
 }
 
 /// Joins the client's and the upstream's upgraded connections until either side closes.
@@ -246,38 +317,6 @@ fn upstream_path<'a>(route: &crate::config::Route, path: &'a str) -> &'a str {
         Some(rest) if rest.starts_with('/') => rest,
         _ => "/",
     }
-}
-
-/// `refused`, `connect_timeout`, `connect_error` or `reset`, for metrics.
-fn error_kind(e: &hyper_util::client::legacy::Error) -> &'static str {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(cause) = source {
-        if cause.is::<upstream::ConnectTimeout>() {
-            return "connect_timeout";
-        }
-        if let Some(io) = cause.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::ConnectionRefused
-        {
-            return "refused";
-        }
-        source = cause.source();
-    }
-    if e.is_connect() {
-        "connect_error"
-    } else {
-        "reset"
-    }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 #[cfg(test)]

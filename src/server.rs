@@ -37,12 +37,16 @@ use crate::stack::{self, GatewayService};
 pub struct ConnInfo {
     /// The peer's address.
     pub remote: SocketAddr,
+    /// The peer's IP address as a header value (for `X-Forwarded-For`), written out once.
+    pub client_ip: http::HeaderValue,
     /// Whether the connection is TLS.
     pub tls: bool,
     /// Which request on this connection, if any, had ambiguous framing.
     pub framing: Arc<framing::AmbiguousFraming>,
     /// This request's index on its connection (0-based, arrival order).
     pub index: u64,
+    /// The upstream connection this client connection carries between its requests.
+    pub affinity: Arc<crate::proxy::conns::Affinity>,
 }
 
 /// Why the gateway could not start.
@@ -200,8 +204,12 @@ impl Gateway {
             .await
             .map_err(|e| StartError::Compile(e.0))?;
         let live: Live = Arc::new(ArcSwap::from_pointee(snapshot));
-        let service = stack::build(live.clone(), shared.client.clone(), shared.metrics.clone());
-        let housekeeping = tokio::spawn(housekeeping(live.clone()));
+        let service = stack::build(
+            live.clone(),
+            shared.upstreams.clone(),
+            shared.metrics.clone(),
+        );
+        let housekeeping = tokio::spawn(housekeeping(live.clone(), shared.upstreams.clone()));
 
         let listener = bind(listen_addr).await?;
         let listen = listener.local_addr().map_err(|source| StartError::Bind {
@@ -300,8 +308,9 @@ impl Gateway {
 /// How often rate-limit state of callers whose buckets have refilled is dropped.
 const HOUSEKEEPING_PERIOD: Duration = Duration::from_secs(30);
 
-/// Keeps long-lived state bounded: drops refilled rate-limit buckets.
-async fn housekeeping(live: Live) {
+/// Keeps long-lived state bounded: drops refilled rate-limit buckets and closes idle upstream
+/// connections past their deadline.
+async fn housekeeping(live: Live, upstreams: crate::proxy::Upstreams) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -309,6 +318,7 @@ async fn housekeeping(live: Live) {
         if let Some(limiter) = live.load().limiter.clone() {
             limiter.retain_recent();
         }
+        upstreams.conns().idle().evict_expired();
     }
 }
 
@@ -413,9 +423,12 @@ where
     let (stream, framing) = framing::Watched::new(stream);
     let info = ConnInfo {
         remote,
+        client_ip: http::HeaderValue::from_str(&remote.ip().to_string())
+            .unwrap_or(http::HeaderValue::from_static("127.0.0.1")),
         tls,
         framing,
         index: 0,
+        affinity: Arc::default(),
     };
     let service = HyperService::new(service, info);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);

@@ -19,7 +19,7 @@ use crate::auth::jwks::KeyCache;
 use crate::config::{Backend, Config, RateLimits};
 use crate::lock;
 use crate::metrics::Metrics;
-use crate::proxy::HttpClient;
+use crate::proxy::Upstreams;
 use crate::proxy::upstream::{ConnectTimeouts, UpstreamPool};
 use crate::ratelimit::RateLimiter;
 use crate::ratelimit::remote::Remote;
@@ -102,8 +102,8 @@ impl Snapshot {
 /// State that outlives any one configuration.
 #[derive(Debug)]
 pub struct Shared {
-    /// The one pooled client for upstreams and the issuer.
-    pub client: HttpClient,
+    /// The way to upstreams and the issuer.
+    pub upstreams: Upstreams,
     /// Connect deadlines by target, refreshed with every snapshot.
     pub timeouts: ConnectTimeouts,
     /// The process's metrics.
@@ -131,7 +131,7 @@ impl Shared {
     pub fn new() -> Result<Shared, rustls::Error> {
         let timeouts = ConnectTimeouts::default();
         Ok(Shared {
-            client: crate::proxy::client(timeouts.clone())?,
+            upstreams: Upstreams::new(timeouts.clone())?,
             timeouts,
             metrics: Arc::new(Metrics::new()),
             keys: Mutex::new(None),
@@ -163,8 +163,11 @@ impl Shared {
             Some(okta) => match self.keys().filter(|k| k.serves(okta)) {
                 Some(same) => Some(same),
                 None => {
-                    let cache =
-                        KeyCache::with_metrics(okta, self.client.clone(), self.metrics.clone());
+                    let cache = KeyCache::with_metrics(
+                        okta,
+                        self.upstreams.client().clone(),
+                        self.metrics.clone(),
+                    );
                     if fetch_new_keys {
                         cache.fetch().await.map_err(|e| {
                             CompileError(format!("the new issuer's keys could not be fetched: {e}"))

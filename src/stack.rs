@@ -12,7 +12,7 @@ use tower::util::BoxCloneSyncService;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 use crate::body::Body;
-use crate::proxy::{Forward, HttpClient};
+use crate::proxy::{Forward, Upstreams};
 use crate::snapshot::Live;
 use std::sync::Arc;
 
@@ -22,9 +22,9 @@ use crate::{access_log, auth, authz, normalize, ratelimit, route, snapshot};
 /// The whole request path as one service; it never fails (refusals are responses).
 pub type GatewayService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
 
-/// Builds the gateway's request path over the live configuration, the shared client and the
+/// Builds the gateway's request path over the live configuration, the way to upstreams and the
 /// process's metrics.
-pub fn build(live: Live, client: HttpClient, metrics: Arc<Metrics>) -> GatewayService {
+pub fn build(live: Live, upstreams: Upstreams, metrics: Arc<Metrics>) -> GatewayService {
     let service = ServiceBuilder::new()
         // Outermost: mark the bearer token sensitive before anything can log the request.
         .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION]))
@@ -46,7 +46,7 @@ pub fn build(live: Live, client: HttpClient, metrics: Arc<Metrics>) -> GatewaySe
         // every response that passes.
         .layer(ratelimit::layer())
         // Last: 502 / 504; streams both ways.
-        .service(Forward::new(client));
+        .service(Forward::new(upstreams));
     BoxCloneSyncService::new(service)
 }
 
@@ -89,8 +89,8 @@ mod tests {
         ))
         .unwrap();
         let timeouts = ConnectTimeouts::default();
-        let client = crate::proxy::client(timeouts.clone()).unwrap();
-        let keys = KeyCache::new(config.okta.as_ref().unwrap(), client.clone());
+        let upstreams = crate::proxy::Upstreams::new(timeouts.clone()).unwrap();
+        let keys = KeyCache::new(config.okta.as_ref().unwrap(), upstreams.client().clone());
         if fetch_keys {
             keys.fetch().await.unwrap();
         }
@@ -98,7 +98,7 @@ mod tests {
         timeouts.install(snapshot.upstreams.values().map(AsRef::as_ref));
         build(
             Arc::new(ArcSwap::from_pointee(snapshot)),
-            client,
+            upstreams,
             Arc::new(crate::metrics::Metrics::new()),
         )
     }

@@ -18,3 +18,4 @@ mod redis;
 mod smuggling;
 mod tls;
 mod upgrade;
+mod upstream_conns;

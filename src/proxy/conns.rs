@@ -1,0 +1,483 @@
+//! Upstream connections that follow the client connection (docs/decisions.md, "Upstream
+//! connections").
+//!
+//! An HTTP/1.1 client connection carries one request at a time, so it can carry one upstream
+//! connection along with it: the request goes out on the upstream connection the previous
+//! request of the same client connection used, and that upstream connection is driven by the
+//! client connection's own task, while the gateway waits for the response head and then from
+//! the response body as hyper writes it out. No pool lookup, no second task and no wake-up
+//! between tasks per request; that made a bare hyper proxy 1.2x faster in the load run
+//! (docs/performance.md).
+//!
+//! When a client connection ends, its upstream connection is handed to a process-wide idle list
+//! (bounded, with an idle deadline), where the next new client connection finds it; clients
+//! that send one request per connection therefore still reuse upstream connections.
+//!
+//! An upstream connection is only reused when the whole response went through it; a response
+//! cut short, a timeout or an error closes it. A reused connection that turns out to be closed
+//! before the request was written is replaced by a fresh one and the request sent again (the
+//! request never reached the upstream, so this is safe for any method).
+
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body::Frame;
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tower::ServiceExt as _;
+
+use super::upstream::Connector;
+use crate::body::{Body, BoxError};
+use crate::config::Target;
+
+type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
+
+/// Idle upstream connections kept for new client connections, across all targets.
+pub const MAX_IDLE: usize = 256;
+/// An idle upstream connection older than this is closed rather than reused.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Why no response came back.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be opened (refused, timed out, TLS failed).
+    Connect(BoxError),
+    /// The connection failed while the request or the response head was under way.
+    Http(BoxError),
+}
+
+impl SendError {
+    /// `refused`, `connect_timeout`, `connect_error` or `reset`, for metrics.
+    pub fn kind(&self) -> &'static str {
+        let (e, connect) = match self {
+            SendError::Connect(e) => (e, true),
+            SendError::Http(e) => (e, false),
+        };
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+        while let Some(c) = cause {
+            if c.is::<super::upstream::ConnectTimeout>() {
+                return "connect_timeout";
+            }
+            if let Some(io) = c.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::ConnectionRefused
+            {
+                return "refused";
+            }
+            cause = c.source();
+        }
+        if connect { "connect_error" } else { "reset" }
+    }
+
+    /// The error and its causes, `: `-separated, for the log.
+    pub fn chain(&self) -> String {
+        let (SendError::Connect(e) | SendError::Http(e)) = self;
+        let mut s = e.to_string();
+        let mut source = e.source();
+        while let Some(cause) = source {
+            s.push_str(": ");
+            s.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        s
+    }
+}
+
+/// One open upstream connection: the handle to send on and the connection itself, which
+/// whoever waits on it must poll.
+struct Parked {
+    target: Target,
+    sender: http1::SendRequest<Body>,
+    conn: Pin<Box<http1::Connection<Io, Body>>>,
+    /// The connection has finished (closed or failed); it cannot be used again.
+    done: bool,
+    idle_since: Instant,
+    home: Arc<IdleList>,
+}
+
+impl std::fmt::Debug for Parked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parked")
+            .field("target", &self.target.to_string())
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Parked {
+    /// Polls the connection; it makes progress on whatever the handle asked of it.
+    fn drive(&mut self, cx: &mut Context<'_>) -> Option<hyper::Error> {
+        if self.done {
+            return None;
+        }
+        match self.conn.as_mut().poll(cx) {
+            Poll::Pending => None,
+            Poll::Ready(result) => {
+                self.done = true;
+                result.err()
+            }
+        }
+    }
+
+    fn reusable(&self) -> bool {
+        !self.done && !self.sender.is_closed()
+    }
+
+    /// Waits until the connection can take a request; `false` if it has closed meanwhile.
+    async fn ready(&mut self) -> bool {
+        poll_fn(|cx| {
+            if self.drive(cx).is_some() || self.done {
+                return Poll::Ready(false);
+            }
+            self.sender.poll_ready(cx).map(|r| r.is_ok())
+        })
+        .await
+    }
+
+    /// Sends `req` and waits for the response head, driving the connection meanwhile. On a
+    /// failure before the request was written, the request comes back for another attempt.
+    async fn send(
+        &mut self,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, (BoxError, Option<Request<Body>>)> {
+        let Parked {
+            sender, conn, done, ..
+        } = self;
+        let mut sending = std::pin::pin!(sender.try_send_request(req));
+        let mut failure: Option<hyper::Error> = None;
+        poll_fn(|cx| {
+            if !*done && let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                *done = true;
+                failure = result.err();
+            }
+            match sending.as_mut().poll(cx) {
+                Poll::Ready(Ok(response)) => Poll::Ready(Ok(response)),
+                Poll::Ready(Err(mut e)) => {
+                    let unsent = e.take_message();
+                    let cause = failure.take().unwrap_or_else(|| e.into_error());
+                    Poll::Ready(Err((BoxError::from(cause), unsent)))
+                }
+                // The connection has ended without answering: nothing will.
+                Poll::Pending if *done => Poll::Ready(Err((
+                    failure.take().map_or_else(
+                        || BoxError::from("the upstream closed the connection"),
+                        BoxError::from,
+                    ),
+                    None,
+                ))),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+/// The upstream connection a client connection carries along (at most one, idle between its
+/// requests). Dropped with the client connection, when it hands its connection to the idle list.
+#[derive(Debug, Default)]
+pub struct Affinity(Mutex<Option<Parked>>);
+
+impl Affinity {
+    fn take(&self, target: &Target) -> Option<Parked> {
+        let mut slot = lock(&self.0);
+        if slot.as_ref().is_some_and(|p| p.target == *target) {
+            slot.take()
+        } else {
+            None
+        }
+    }
+
+    fn park(&self, mut parked: Parked) {
+        parked.idle_since = Instant::now();
+        if let Some(previous) = lock(&self.0).replace(parked) {
+            previous.home.clone().put(previous);
+        }
+    }
+}
+
+impl Drop for Affinity {
+    fn drop(&mut self) {
+        if let Some(parked) = lock(&self.0).take() {
+            parked.home.clone().put(parked);
+        }
+    }
+}
+
+/// Idle upstream connections no client connection carries, newest last.
+#[derive(Debug, Default)]
+pub struct IdleList(Mutex<Vec<Parked>>);
+
+impl IdleList {
+    fn put(&self, parked: Parked) {
+        if !parked.reusable() {
+            return;
+        }
+        let mut idle = lock(&self.0);
+        let now = Instant::now();
+        idle.retain(|p| now.duration_since(p.idle_since) < IDLE_TIMEOUT && p.reusable());
+        if idle.len() >= MAX_IDLE {
+            idle.remove(0);
+        }
+        idle.push(parked);
+    }
+
+    fn take(&self, target: &Target) -> Option<Parked> {
+        let mut idle = lock(&self.0);
+        let now = Instant::now();
+        let i = idle.iter().rposition(|p| {
+            p.target == *target && now.duration_since(p.idle_since) < IDLE_TIMEOUT
+        })?;
+        Some(idle.swap_remove(i))
+    }
+
+    /// How many idle connections are kept.
+    pub fn len(&self) -> usize {
+        lock(&self.0).len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Closes idle connections past their deadline or closed by the upstream.
+    pub fn evict_expired(&self) {
+        let now = Instant::now();
+        lock(&self.0).retain(|p| now.duration_since(p.idle_since) < IDLE_TIMEOUT && p.reusable());
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Opens upstream connections and keeps the idle ones.
+#[derive(Debug, Clone)]
+pub struct Connections {
+    connector: HttpsConnector<Connector>,
+    idle: Arc<IdleList>,
+}
+
+impl Connections {
+    /// Opens connections with `connector` (TCP with the target's connect deadline, then TLS for
+    /// `https` targets).
+    pub fn new(connector: HttpsConnector<Connector>) -> Connections {
+        Connections {
+            connector,
+            idle: Arc::default(),
+        }
+    }
+
+    /// The idle list (for housekeeping and tests).
+    pub fn idle(&self) -> &Arc<IdleList> {
+        &self.idle
+    }
+
+    async fn open(&self, target: &Target) -> Result<Parked, SendError> {
+        let uri = Uri::builder()
+            .scheme(target.scheme.clone())
+            .authority(target.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| SendError::Connect(e.into()))?;
+        let io = self
+            .connector
+            .clone()
+            .oneshot(uri)
+            .await
+            .map_err(SendError::Connect)?;
+        let (sender, conn) = http1::handshake(io)
+            .await
+            .map_err(|e| SendError::Connect(e.into()))?;
+        Ok(Parked {
+            target: target.clone(),
+            sender,
+            conn: Box::pin(conn),
+            done: false,
+            idle_since: Instant::now(),
+            home: self.idle.clone(),
+        })
+    }
+
+    /// Sends `req` to `target` over the connection `affinity` carries, an idle one, or a new
+    /// one, and returns the response with a body that drives the connection and hands it back
+    /// to `affinity` once the response is complete.
+    ///
+    /// # Errors
+    ///
+    /// No connection could be opened, or the one used failed before the response head.
+    pub async fn send(
+        &self,
+        affinity: Arc<Affinity>,
+        target: &Target,
+        mut req: Request<Body>,
+    ) -> Result<Response<Driven>, SendError> {
+        let reused = affinity.take(target).or_else(|| self.idle.take(target));
+        if let Some(mut parked) = reused
+            && parked.ready().await
+        {
+            match parked.send(req).await {
+                Ok(response) => return Ok(keep(response, parked, affinity)),
+                // Closed under us before the request went out: try a fresh connection.
+                Err((_, Some(unsent))) => req = unsent,
+                Err((e, None)) => return Err(SendError::Http(e)),
+            }
+        }
+        let mut parked = self.open(target).await?;
+        match parked.send(req).await {
+            Ok(response) => Ok(keep(response, parked, affinity)),
+            Err((e, _)) => Err(SendError::Http(e)),
+        }
+    }
+}
+
+/// Puts the connection into the response body, which drives it while the body streams.
+fn keep(response: Response<Incoming>, parked: Parked, affinity: Arc<Affinity>) -> Response<Driven> {
+    // After a 101 the connection speaks another protocol: never reuse it.
+    let parked = (response.status() != http::StatusCode::SWITCHING_PROTOCOLS).then_some(parked);
+    response.map(|incoming| Driven {
+        incoming,
+        parked,
+        affinity,
+        ended: false,
+    })
+}
+
+/// A response body that drives its upstream connection and, once the body is complete, parks
+/// the connection with the client connection it came from.
+#[derive(Debug)]
+pub struct Driven {
+    incoming: Incoming,
+    parked: Option<Parked>,
+    affinity: Arc<Affinity>,
+    ended: bool,
+}
+
+impl http_body::Body for Driven {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let mut frame = Pin::new(&mut this.incoming).poll_frame(cx);
+        if frame.is_pending()
+            && let Some(parked) = this.parked.as_mut()
+        {
+            if let Some(e) = parked.drive(cx) {
+                this.parked = None;
+                return Poll::Ready(Some(Err(e.into())));
+            }
+            frame = Pin::new(&mut this.incoming).poll_frame(cx);
+        }
+        if let Poll::Ready(None) = frame {
+            this.ended = true;
+        }
+        frame.map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || http_body::Body::is_end_stream(&self.incoming)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::Body::size_hint(&self.incoming)
+    }
+}
+
+impl Drop for Driven {
+    fn drop(&mut self) {
+        // hyper stops polling a body that says it has ended, so "ended" is also "the length
+        // announced has all arrived".
+        if let Some(parked) = self.parked.take()
+            && (self.ended || http_body::Body::is_end_stream(&self.incoming))
+            && parked.reusable()
+        {
+            self.affinity.park(parked);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::echo::EchoServer;
+    use crate::proxy::upstream::ConnectTimeouts;
+
+    async fn setup() -> (EchoServer, Connections, Target) {
+        let echo = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+        let conns = Connections::new(crate::proxy::connector(ConnectTimeouts::default()).unwrap());
+        let target = Target {
+            scheme: http::uri::Scheme::HTTP,
+            authority: echo.addr().to_string().parse().unwrap(),
+        };
+        (echo, conns, target)
+    }
+
+    fn get(target: &Target) -> Request<Body> {
+        Request::get(format!("{target}/x"))
+            .body(crate::body::empty())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_client_connection_that_ends_hands_its_upstream_connection_on() {
+        let (echo, conns, target) = setup().await;
+        let first = Arc::new(Affinity::default());
+        let response = conns
+            .send(first.clone(), &target, get(&target))
+            .await
+            .unwrap();
+        response.into_body().collect().await.unwrap();
+        assert!(
+            conns.idle().is_empty(),
+            "the client connection still carries it"
+        );
+        drop(first);
+        assert_eq!(conns.idle().len(), 1);
+
+        let second = Arc::new(Affinity::default());
+        let response = conns
+            .send(second.clone(), &target, get(&target))
+            .await
+            .unwrap();
+        response.into_body().collect().await.unwrap();
+        assert!(
+            conns.idle().is_empty(),
+            "the second client connection carries it now"
+        );
+        assert_eq!((echo.requests(), echo.connections()), (2, 1));
+    }
+
+    #[tokio::test]
+    async fn a_response_not_read_to_the_end_closes_its_connection() {
+        let (echo, conns, target) = setup().await;
+        let affinity = Arc::new(Affinity::default());
+        let response = conns
+            .send(affinity.clone(), &target, get(&target))
+            .await
+            .unwrap();
+        drop(response);
+        drop(affinity);
+        assert!(
+            conns.idle().is_empty(),
+            "a half-read response's connection was kept"
+        );
+
+        let affinity = Arc::new(Affinity::default());
+        let response = conns.send(affinity, &target, get(&target)).await.unwrap();
+        response.into_body().collect().await.unwrap();
+        assert_eq!((echo.requests(), echo.connections()), (2, 2));
+    }
+}

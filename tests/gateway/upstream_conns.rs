@@ -1,0 +1,226 @@
+//! Upstream connections travel with client connections (docs/decisions.md): reused while the
+//! client keeps its connection, handed on when it closes it, never reused after a failure.
+
+use std::net::SocketAddr;
+
+use http::Request;
+use http_body_util::BodyExt;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use jwtgate::body::{self, Body};
+use jwtgate::echo::EchoServer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::support::{Harness, raw, raw_status};
+
+/// One client connection to `addr`, kept open for several requests in turn.
+struct KeepAlive(http1::SendRequest<Body>);
+
+impl KeepAlive {
+    async fn open(addr: SocketAddr) -> KeepAlive {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        KeepAlive(sender)
+    }
+
+    /// `GET path`; the status and the body.
+    async fn get(&mut self, path: &str) -> (u16, bytes::Bytes) {
+        self.0.ready().await.unwrap();
+        let req = Request::get(path)
+            .header("host", "gateway.test")
+            .body(body::empty())
+            .unwrap();
+        let response = self.0.send_request(req).await.unwrap();
+        let status = response.status().as_u16();
+        (
+            status,
+            response.into_body().collect().await.unwrap().to_bytes(),
+        )
+    }
+
+    /// `GET path` through to the echo upstream: which upstream connection carried it.
+    async fn upstream_connection(&mut self, path: &str) -> u64 {
+        let (status, body) = self.get(path).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        doc["connection"].as_u64().unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_keep_alive_client_keeps_one_upstream_connection() {
+    let h = Harness::start().await;
+    let mut client = KeepAlive::open(h.gateway.listen_addr()).await;
+    for _ in 0..5 {
+        assert_eq!(client.upstream_connection("/public/x").await, 1);
+    }
+    assert_eq!(h.echo.requests(), 5);
+    assert_eq!(h.echo.connections(), 1);
+}
+
+#[tokio::test]
+async fn two_clients_at_once_get_two_upstream_connections() {
+    let h = Harness::start().await;
+    let mut a = KeepAlive::open(h.gateway.listen_addr()).await;
+    let mut b = KeepAlive::open(h.gateway.listen_addr()).await;
+    let (first_a, first_b) = (
+        a.upstream_connection("/public/a").await,
+        b.upstream_connection("/public/b").await,
+    );
+    assert_ne!(
+        first_a, first_b,
+        "one upstream connection serves one client at a time"
+    );
+    for _ in 0..3 {
+        assert_eq!(a.upstream_connection("/public/a").await, first_a);
+        assert_eq!(b.upstream_connection("/public/b").await, first_b);
+    }
+    assert_eq!(h.echo.connections(), 2);
+}
+
+#[tokio::test]
+async fn round_robin_targets_each_keep_their_connection() {
+    let a = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let b = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let h = Harness::with(&format!(
+        "[upstreams.pair]\ntargets = [\"http://{}\", \"http://{}\"]\n[[routes]]\npath = \"/pair\"\nupstream = \"pair\"\npublic = true\n",
+        a.addr(),
+        b.addr()
+    ))
+    .await;
+    let mut client = KeepAlive::open(h.gateway.listen_addr()).await;
+    for _ in 0..6 {
+        assert_eq!(client.get("/pair").await.0, 200);
+    }
+    // Targets alternate per request, and each target's connection is found again (the one the
+    // client connection carries, or the idle one it handed on).
+    assert_eq!((a.requests(), b.requests()), (3, 3));
+    assert_eq!((a.connections(), b.connections()), (1, 1));
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closed_is_replaced_not_answered_502() {
+    let (upstream, close, mut closed) = answer_then_close_when_told().await;
+    let h = Harness::with(&format!(
+        "[upstreams.once]\ntargets = [\"http://{upstream}\"]\n[[routes]]\npath = \"/once\"\nupstream = \"once\"\npublic = true\n"
+    ))
+    .await;
+    let mut client = KeepAlive::open(h.gateway.listen_addr()).await;
+    for round in 1..=3 {
+        let (status, body) = client.get("/once").await;
+        assert_eq!(status, 200, "round {round}");
+        assert_eq!(body, "ok");
+        // Now the gateway keeps the connection idle; the upstream closes it (its FIN is with
+        // the gateway when `closed` reports), and the next request must go out on a new one.
+        close.send(()).unwrap();
+        closed.recv().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn after_a_timeout_the_upstream_connection_is_not_reused() {
+    let (upstream, mut requests) = answers_second_request_only().await;
+    let h = Harness::with(&format!(
+        "[upstreams.slow]\ntargets = [\"http://{upstream}\"]\ntimeout = \"200ms\"\n[[routes]]\npath = \"/slow\"\nupstream = \"slow\"\npublic = true\n"
+    ))
+    .await;
+    let mut client = KeepAlive::open(h.gateway.listen_addr()).await;
+    assert_eq!(client.get("/slow").await.0, 504);
+    // The first connection never answers, even late; a reused one would time out again.
+    let (status, body) = client.get("/slow").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(requests.recv().await, Some(1));
+    assert_eq!(requests.recv().await, Some(2));
+}
+
+#[tokio::test]
+async fn clients_that_close_each_connection_still_reuse_upstream_connections() {
+    let h = Harness::start().await;
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let reply = raw(
+            h.gateway.listen_addr(),
+            b"GET /public/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(raw_status(&reply), 200, "{reply}");
+        let body = &reply[reply.find("\r\n\r\n").unwrap() + 4..];
+        let doc: serde_json::Value = serde_json::from_str(body).unwrap();
+        seen.push(doc["connection"].as_u64().unwrap());
+    }
+    // Each client connection hands its upstream connection to the idle list when it ends; a
+    // client connection that starts before the previous one has quite ended opens another.
+    assert!(
+        h.echo.connections() < 5,
+        "every request opened an upstream connection: {seen:?}"
+    );
+}
+
+/// An upstream that answers each connection's first request with `ok` (keeping the connection
+/// open, as any HTTP/1.1 server does), closes it when told to, and reports once it is closed.
+async fn answer_then_close_when_told() -> (
+    SocketAddr,
+    mpsc::UnboundedSender<()>,
+    mpsc::UnboundedReceiver<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (close_tx, mut close_rx) = mpsc::unbounded_channel();
+    let (closed_tx, closed_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            read_head(&mut s).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await;
+            if close_rx.recv().await.is_none() {
+                return;
+            }
+            drop(s);
+            let _ = closed_tx.send(());
+        }
+    });
+    (addr, close_tx, closed_rx)
+}
+
+/// An upstream that never answers the first request it gets and answers every later one on a
+/// new connection; reports each request's number.
+async fn answers_second_request_only() -> (SocketAddr, mpsc::UnboundedReceiver<u64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut n = 0;
+        let mut silent = Vec::new();
+        while let Ok((mut s, _)) = listener.accept().await {
+            read_head(&mut s).await;
+            n += 1;
+            let _ = tx.send(n);
+            if n == 1 {
+                // Keep it open and say nothing.
+                silent.push(s);
+                continue;
+            }
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await;
+            drop(s);
+        }
+    });
+    (addr, rx)
+}
+
+/// Reads until the end of a request head (the tests send no bodies).
+async fn read_head(s: &mut TcpStream) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+}
