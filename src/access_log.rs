@@ -20,17 +20,19 @@ use crate::body::Body;
 use crate::metrics::{Metrics, ReasonLabel, RequestLabels, RouteLabel, status_class};
 use crate::reject::Refusal;
 
-/// What the layers learn about a request, filled in as it travels (each field once).
+/// What the layers learn about a request, filled in as it travels (each field once). Each
+/// field shares what the request path holds anyway (no copy, nothing written out per request).
 #[derive(Debug, Default)]
 pub struct Record {
-    /// The normalised path (set by routing).
-    pub path: OnceLock<String>,
-    /// The matched route's path (set by routing).
-    pub route: OnceLock<String>,
-    /// The verified `sub` (set by authentication).
-    pub subject: OnceLock<String>,
-    /// The upstream target the request went to (set by forwarding).
-    pub upstream: OnceLock<String>,
+    /// The normalised URI; only its path is logged (set by routing).
+    pub uri: OnceLock<http::Uri>,
+    /// The matched route (set by routing).
+    pub route: OnceLock<Arc<crate::route::CompiledRoute>>,
+    /// The verified identity; only `sub` is logged (set by authentication).
+    pub identity: OnceLock<Arc<crate::auth::validate::Identity>>,
+    /// The upstream target the request went to (set by forwarding; written out only if the
+    /// line is logged).
+    pub upstream: OnceLock<crate::config::Target>,
 }
 
 impl Record {
@@ -118,7 +120,11 @@ impl Pending {
         let latency = self.start.elapsed();
         let status = response.status();
         let refusal = response.extensions().get::<Refusal>().map(|r| r.0);
-        let route = self.record.route.get().map_or("none", String::as_str);
+        let route = self
+            .record
+            .route
+            .get()
+            .map_or("none", |r| r.route.path.as_str());
         let m = &self.metrics;
         let route_label = RouteLabel {
             route: route.to_owned(),
@@ -138,12 +144,16 @@ impl Pending {
         tracing::info!(
             target: "jwtgate::access",
             method = %self.method,
-            path = self.record.path.get().map_or("-", String::as_str),
+            path = self.record.uri.get().map_or("-", http::Uri::path),
             route,
             status = status.as_u16(),
             latency_ms = latency.as_secs_f64() * 1000.0,
-            subject = self.record.subject.get().map_or("-", String::as_str),
-            upstream = self.record.upstream.get().map_or("-", String::as_str),
+            subject = self.record.identity.get().map_or("-", |i| i.sub.as_str()),
+            upstream = %self
+                .record
+                .upstream
+                .get()
+                .map_or(&"-" as &dyn std::fmt::Display, |t| t as &dyn std::fmt::Display),
             refusal = refusal.unwrap_or("-"),
             "request"
         );

@@ -151,7 +151,7 @@ impl<B: Send + 'static> AsyncAuthorizeRequest<B> for Authenticate {
             match outcome {
                 Ok(identity) => {
                     if let Some(record) = crate::access_log::Record::of(&req) {
-                        let _ = record.subject.set(identity.sub.clone());
+                        let _ = record.identity.set(identity.clone());
                     }
                     req.extensions_mut().insert(identity);
                     Ok(req)

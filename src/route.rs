@@ -140,8 +140,8 @@ impl<B> ValidateRequest<B> for MatchRoute {
             .map_err(Reject::into_response)?
             .clone();
         if let Some(record) = crate::access_log::Record::of(req) {
-            let _ = record.path.set(req.uri().path().to_owned());
-            let _ = record.route.set(matched.route.path.clone());
+            let _ = record.uri.set(req.uri().clone());
+            let _ = record.route.set(matched.clone());
         }
         req.extensions_mut().insert(MatchedRoute(matched));
         Ok(())
