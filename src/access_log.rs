@@ -120,24 +120,29 @@ impl Pending {
         let latency = self.start.elapsed();
         let status = response.status();
         let refusal = response.extensions().get::<Refusal>().map(|r| r.0);
-        let route = self
-            .record
-            .route
-            .get()
-            .map_or("none", |r| r.route.path.as_str());
         let m = &self.metrics;
-        let route_label = RouteLabel {
-            route: route.to_owned(),
+        let route = match self.record.route.get() {
+            Some(r) => {
+                let path = r.route.path.as_str();
+                r.metrics.observe(m, path, status, latency.as_secs_f64());
+                path
+            }
+            None => {
+                let route_label = RouteLabel {
+                    route: "none".to_owned(),
+                };
+                m.duration
+                    .get_or_create(&route_label)
+                    .observe(latency.as_secs_f64());
+                m.requests
+                    .get_or_create(&RequestLabels {
+                        route: route_label.route,
+                        status_class: status_class(status),
+                    })
+                    .inc();
+                "none"
+            }
         };
-        m.duration
-            .get_or_create(&route_label)
-            .observe(latency.as_secs_f64());
-        m.requests
-            .get_or_create(&RequestLabels {
-                route: route_label.route,
-                status_class: status_class(status),
-            })
-            .inc();
         if let Some(reason) = refusal {
             m.refusals.get_or_create(&ReasonLabel { reason }).inc();
         }

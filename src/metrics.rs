@@ -206,11 +206,48 @@ impl Metrics {
 
 /// `2xx`-style class of a status code.
 pub fn status_class(status: http::StatusCode) -> &'static str {
+    STATUS_CLASSES[status_class_index(status)]
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn status_class_index(status: http::StatusCode) -> usize {
     match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+/// One route's series of `jwtgate_requests_total` and `jwtgate_request_duration_seconds`,
+/// looked up in their families on first use and kept: a request then counts without hashing
+/// labels or making label strings. Every use must pass the same [`Metrics`] (the process's).
+#[derive(Debug, Default)]
+pub struct RouteMetrics {
+    duration: std::sync::OnceLock<Histogram>,
+    requests: [std::sync::OnceLock<Counter>; 5],
+}
+
+impl RouteMetrics {
+    /// Counts a request to `route` answered with `status` after `seconds`.
+    pub fn observe(&self, metrics: &Metrics, route: &str, status: http::StatusCode, seconds: f64) {
+        let label = || RouteLabel {
+            route: route.to_owned(),
+        };
+        self.duration
+            .get_or_init(|| metrics.duration.get_or_create(&label()).clone())
+            .observe(seconds);
+        let class = status_class_index(status);
+        self.requests[class]
+            .get_or_init(|| {
+                let labels = RequestLabels {
+                    route: route.to_owned(),
+                    status_class: STATUS_CLASSES[class],
+                };
+                metrics.requests.get_or_create(&labels).clone()
+            })
+            .inc();
     }
 }

@@ -28,6 +28,8 @@ pub struct CompiledRoute {
     pub route: Route,
     /// The upstream it forwards to.
     pub upstream: Arc<UpstreamPool>,
+    /// Its request count and duration series.
+    pub metrics: crate::metrics::RouteMetrics,
 }
 
 /// Request extension: the route this request matched.

@@ -73,6 +73,7 @@ impl Snapshot {
             Arc::new(CompiledRoute {
                 route: r.clone(),
                 upstream: upstreams[&r.upstream].clone(),
+                metrics: Default::default(),
             })
         }));
         let auth = match (&config.okta, keys) {

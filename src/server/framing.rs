@@ -271,10 +271,11 @@ impl Scanner {
         if !line.is_empty() {
             if let Some(colon) = line.iter().position(|&b| b == b':') {
                 let name = &line[..colon];
-                let value = std::str::from_utf8(&line[colon + 1..]).map(str::trim);
                 if name.eq_ignore_ascii_case(b"transfer-encoding") {
                     self.head.transfer_encoding = true;
                 } else if name.eq_ignore_ascii_case(b"content-length") {
+                    // Only this value is read (not, say, a long Authorization header's).
+                    let value = std::str::from_utf8(&line[colon + 1..]).map(str::trim);
                     self.head.content_lengths += 1;
                     self.head.length = value.ok().and_then(|v| v.parse().ok());
                 } else if name.eq_ignore_ascii_case(b"upgrade") {
