@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Load benchmark: jwtgate against nginx (plain proxy) and HAProxy (JWT policy), on loopback.
 #
-#   scripts/bench/run.sh                  # 5 rounds x 8 s, -c64 and -c256 (about 25 min)
+#   scripts/bench/run.sh                  # 5 rounds x 8 s, -c64 and -c256 (about 20 min)
 #   ROUNDS=1 DURATION=2 scripts/bench/run.sh   # a quick smoke run
 #
 # Every proxy under test runs with one worker on CPU 0; wrk and the upstream run on CPU 1.
@@ -22,7 +22,7 @@ if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null || ! command -v 
   || ! command -v redis-server >/dev/null; then
   apt-get update -q && apt-get install -y -q wrk nginx haproxy redis-server
 fi
-cargo build --release --locked --bin jwtgate --example bench_issuer
+cargo build --release --locked --bin jwtgate --example bench_issuer --example bare_proxy
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
@@ -133,7 +133,15 @@ sed -e 's/18084/18086/; s/18094/18097/; s/^\[rate_limits.groups\]/[rate_limits]\
 RUST_LOG=warn taskset -c $PROXY_CPU target/release/jwtgate run --config "$OUT/conf/jwtgate-redis.toml" \
   --log-format json 2> "$OUT/jwtgate-redis.log" & PIDS+=($!)
 
-for port in 18081 18082 18083 18084 18085 18086; do
+# The floor of jwtgate's own HTTP machinery: hyper forwarding with nothing else, through
+# hyper-util's pooled client and through a connection carried by the client connection
+# (examples/bare_proxy.rs; jwtgate uses the latter for HTTP/1.1 clients).
+taskset -c $PROXY_CPU target/release/examples/bare_proxy 127.0.0.1:18088 127.0.0.1:18081 pooled \
+  & PIDS+=($!)
+taskset -c $PROXY_CPU target/release/examples/bare_proxy 127.0.0.1:18089 127.0.0.1:18081 carried \
+  & PIDS+=($!)
+
+for port in 18081 18082 18083 18084 18085 18086 18088 18089; do
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
 done
 for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:18094/readyz && break; sleep 0.1; done
@@ -151,6 +159,8 @@ for round in $(seq "$ROUNDS"); do
     echo "round $round, -c$c"
     run reused upstream-direct "$c" "$round" http://127.0.0.1:18081/api/x
     run reused nginx-proxy "$c" "$round" http://127.0.0.1:18082/api/x
+    run reused hyper-pooled "$c" "$round" http://127.0.0.1:18088/api/x
+    run reused hyper-carried "$c" "$round" http://127.0.0.1:18089/api/x
     run reused haproxy-jwt "$c" "$round" http://127.0.0.1:18083/api/x scripts/bench/bearer.lua
     run reused jwtgate-protected "$c" "$round" http://127.0.0.1:18084/api/x scripts/bench/bearer.lua
     run reused jwtgate-public "$c" "$round" http://127.0.0.1:18084/public/x

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Userspace instructions per request, counted by valgrind's callgrind: stable from run to run
+# (unlike req/s on a shared machine), so small hot-path changes can be measured.
+#
+#   scripts/bench/instructions.sh                 # jwtgate protected and public routes, and the
+#                                                 # bare hyper proxy (pooled, carried) as floors
+#   BINS="old/jwtgate target/release/jwtgate" scripts/bench/instructions.sh   # compare builds
+#
+# Each gateway runs under callgrind with one worker; wrk warms it up for 2 s, the counters are
+# zeroed, wrk sends the one-token load for 8 s (-c8), and the script prints the instructions
+# counted divided by the requests served. The kernel's share (about 40 % of a core under load,
+# docs/performance.md) is not counted. Set PROFILE=1 to keep each callgrind file in $OUT.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-$(mktemp -d /tmp/jwtgate-instructions.XXXXXX)}
+mkdir -p "$OUT"
+need=()
+for tool in wrk nginx valgrind; do command -v "$tool" >/dev/null || need+=("$tool"); done
+if [ ${#need[@]} -gt 0 ]; then apt-get update -q && apt-get install -y -q "${need[@]}"; fi
+cargo build --release --locked --bin jwtgate --example bench_issuer --example bare_proxy
+BINS=${BINS:-target/release/jwtgate}
+export RUST_LOG=warn
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+target/release/examples/bench_issuer 18380 "$OUT" 1 & PIDS+=($!)
+until [ -s "$OUT/token.txt" ]; do sleep 0.1; done
+cat > "$OUT/upstream.conf" <<NGINX
+worker_processes 1; daemon off; pid $OUT/upstream.pid; error_log stderr error;
+events { worker_connections 1024; }
+http { access_log off;
+  server { listen 127.0.0.1:18381; keepalive_requests 1000000; location / { return 200 "ok\n"; } } }
+NGINX
+nginx -c "$OUT/upstream.conf" & PIDS+=($!)
+
+# count NAME PORT PATH COMMAND...: runs COMMAND under callgrind, serving on 127.0.0.1:PORT.
+count() {
+  local name=$1 port=$2 path=$3; shift 3
+  local cg="$OUT/callgrind.$port"
+  valgrind --tool=callgrind --callgrind-out-file="$cg" "$@" > "$OUT/$port.log" 2>&1 &
+  local vg=$!
+  PIDS+=($vg)
+  # Until it answers 200 (for the protected route: once it holds the issuer's keys).
+  until curl -sf -o /dev/null -H "Authorization: Bearer $(cat "$OUT/token.txt")" \
+    "http://127.0.0.1:$port$path"; do sleep 0.2; done
+  TOKEN_FILE="$OUT/token.txt" wrk -t1 -c8 -d2s -s scripts/bench/bearer.lua \
+    "http://127.0.0.1:$port$path" > /dev/null
+  callgrind_control -z "$vg" > /dev/null 2>&1
+  local n
+  n=$(TOKEN_FILE="$OUT/token.txt" wrk -t1 -c8 -d8s -s scripts/bench/bearer.lua \
+    "http://127.0.0.1:$port$path" | awk '/requests in/ {print $1}')
+  callgrind_control -d "$vg" > /dev/null 2>&1
+  kill "$vg"; wait "$vg" 2>/dev/null || true
+  local dump ir
+  dump=$(ls -t "$cg".* | head -1)
+  ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
+  printf '%-34s %8d requests %8d instructions/request\n' "$name $path" "$n" $((ir / n))
+  [ -n "${PROFILE:-}" ] || rm -f "$cg" "$cg".*
+}
+
+port=18390
+for bin in $BINS; do
+  cat > "$OUT/gw$port.toml" <<TOML
+[server]
+listen = "127.0.0.1:$port"
+workers = 1
+[okta]
+issuer = "$(cat "$OUT/issuer.txt")"
+audience = "api://bench"
+[upstreams.up]
+targets = ["http://127.0.0.1:18381"]
+[[routes]]
+path = "/api"
+upstream = "up"
+groups = ["bench"]
+[[routes]]
+path = "/public"
+upstream = "up"
+public = true
+[rate_limits.groups]
+bench = { requests = 1000000000, per = "1s" }
+[forward]
+claims_to_headers = { sub = "X-Auth-Subject", groups = "X-Auth-Groups" }
+TOML
+  for path in /api/x /public/x; do
+    count "$bin" "$port" "$path" "$bin" run --config "$OUT/gw$port.toml"
+  done
+  port=$((port + 1))
+done
+for mode in pooled carried; do
+  count "bare_proxy $mode" "$port" /x target/release/examples/bare_proxy \
+    "127.0.0.1:$port" 127.0.0.1:18381 "$mode"
+  port=$((port + 1))
+done
