@@ -20,7 +20,7 @@
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -99,7 +99,16 @@ struct Parked {
     /// The connection has finished (closed or failed); it cannot be used again.
     done: bool,
     idle_since: Instant,
-    home: Arc<IdleList>,
+    /// Where it goes when its client connection ends (weak: the idle list holds connections).
+    home: Weak<IdleList>,
+}
+
+impl Parked {
+    fn go_home(self) {
+        if let Some(home) = self.home.upgrade() {
+            home.put(self);
+        }
+    }
 }
 
 impl std::fmt::Debug for Parked {
@@ -196,16 +205,18 @@ impl Affinity {
 
     fn park(&self, mut parked: Parked) {
         parked.idle_since = Instant::now();
-        if let Some(previous) = lock(&self.0).replace(parked) {
-            previous.home.clone().put(previous);
+        let previous = lock(&self.0).replace(parked);
+        if let Some(previous) = previous {
+            previous.go_home();
         }
     }
 }
 
 impl Drop for Affinity {
     fn drop(&mut self) {
-        if let Some(parked) = lock(&self.0).take() {
-            parked.home.clone().put(parked);
+        let parked = lock(&self.0).take();
+        if let Some(parked) = parked {
+            parked.go_home();
         }
     }
 }
@@ -302,7 +313,7 @@ impl Connections {
             conn: Box::pin(conn),
             done: false,
             idle_since: Instant::now(),
-            home: self.idle.clone(),
+            home: Arc::downgrade(&self.idle),
         })
     }
 
