@@ -23,13 +23,14 @@ use tower_http::auth::{AsyncAuthorizeRequest, AsyncRequireAuthorizationLayer};
 
 use crate::body::Body;
 use crate::config::{Access, Okta};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ResultLabel};
 use crate::reject::Reject;
 use crate::route::MatchedRoute;
 use crate::snapshot::Snapshot;
 use bearer::BearerError;
 use cache::TokenCache;
 use jwks::KeyCache;
+use prometheus_client::metrics::counter::Counter;
 use validate::{Identity, Policy, Reason};
 
 /// Everything needed to authenticate requests under one configuration.
@@ -39,23 +40,30 @@ pub struct Authenticator {
     keys: Arc<KeyCache>,
     cache: Option<TokenCache>,
     max_token_bytes: usize,
-    metrics: Arc<Metrics>,
+    /// `jwtgate_token_cache_lookups_total{result="hit"}` and `{result="miss"}`, looked up
+    /// once here rather than by label on every request.
+    lookups: [Counter; 2],
 }
 
 impl Authenticator {
     /// An authenticator for `okta`, reading keys from `keys`.
     pub fn new(okta: &Okta, keys: Arc<KeyCache>) -> Authenticator {
-        Authenticator::with_metrics(okta, keys, Arc::new(Metrics::new()))
+        Authenticator::with_metrics(okta, keys, &Metrics::new())
     }
 
     /// Like [`Authenticator::new`], counting token-cache lookups in `metrics`.
-    pub fn with_metrics(okta: &Okta, keys: Arc<KeyCache>, metrics: Arc<Metrics>) -> Authenticator {
+    pub fn with_metrics(okta: &Okta, keys: Arc<KeyCache>, metrics: &Metrics) -> Authenticator {
         Authenticator {
             policy: Policy::new(okta),
             keys,
             cache: (okta.token_cache_size > 0).then(|| TokenCache::new(okta.token_cache_size)),
             max_token_bytes: okta.max_token_bytes,
-            metrics,
+            lookups: ["hit", "miss"].map(|result| {
+                metrics
+                    .token_cache
+                    .get_or_create(&ResultLabel { result })
+                    .clone()
+            }),
         }
     }
 
@@ -84,20 +92,27 @@ impl Authenticator {
         query: Option<&str>,
         now: u64,
     ) -> Result<Arc<Identity>, Reject> {
-        let token = bearer::extract(headers, query, self.max_token_bytes).map_err(|e| match e {
+        let refusal = |e| match e {
             BearerError::Missing => Reject::MissingToken,
             BearerError::Misplaced => Reject::InvalidRequest,
             BearerError::Invalid(reason) => Reject::InvalidToken(reason),
-        })?;
-        let Some(mut keys) = self.keys.current() else {
+        };
+        let raw = bearer::locate(headers, query, self.max_token_bytes).map_err(refusal)?;
+        let keys = self.keys.current();
+        // A hit compares the whole token with one that was verified, so its characters need
+        // no checking: only a miss pays for that.
+        if let (Some(cache), Some(keys)) = (&self.cache, &keys)
+            && let Some(identity) = cache.get(raw, keys.generation, now)
+        {
+            self.lookups[0].inc();
+            return Ok(identity);
+        }
+        let token = bearer::jws_text(raw).map_err(refusal)?;
+        let Some(mut keys) = keys else {
             return Err(Reject::KeysUnavailable);
         };
-        if let Some(cache) = &self.cache {
-            if let Some(identity) = cache.get(token, keys.generation, now) {
-                Metrics::count(&self.metrics.token_cache, "hit");
-                return Ok(identity);
-            }
-            Metrics::count(&self.metrics.token_cache, "miss");
+        if self.cache.is_some() {
+            self.lookups[1].inc();
         }
         let parsed = validate::parse(token, &self.policy).map_err(Reject::InvalidToken)?;
         let mut verified = validate::verify(&parsed, &keys, &self.policy, now);
@@ -248,6 +263,37 @@ mod tests {
             auth.authenticate(&headers, None, exp + 30).await,
             Err(Reject::InvalidToken(Reason::Expired))
         );
+    }
+
+    #[tokio::test]
+    async fn a_cached_tokens_near_twins_are_checked_in_full_not_served() {
+        // A hit skips the character check, so only the exact bytes of a verified token may hit:
+        // the same token with a byte added, removed, or swapped for a forbidden one misses and is
+        // refused for what it is.
+        let issuer = issuer().await;
+        let auth = authenticator(&issuer, "").await;
+        let (iat, exp) = (1_800_000_000, 1_800_000_060);
+        let token = issuer.sign(&claims(&issuer, iat, exp));
+        assert!(auth.authenticate(&bearer(&token), None, iat).await.is_ok());
+        let malformed = Err(Reject::InvalidToken(Reason::Malformed));
+        let mut swapped = token.clone().into_bytes();
+        swapped[10] = b'!';
+        let swapped = String::from_utf8(swapped).unwrap();
+        assert_eq!(
+            auth.authenticate(&bearer(&swapped), None, iat).await,
+            malformed
+        );
+        let padded = format!("{token}=");
+        assert_eq!(
+            auth.authenticate(&bearer(&padded), None, iat).await,
+            malformed
+        );
+        let cut = &token[..token.len() - 1];
+        assert!(matches!(
+            auth.authenticate(&bearer(cut), None, iat).await,
+            Err(Reject::InvalidToken(_))
+        ));
+        assert!(auth.authenticate(&bearer(&token), None, iat).await.is_ok());
     }
 
     #[tokio::test]

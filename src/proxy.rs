@@ -177,14 +177,17 @@ async fn forward(upstreams: &Upstreams, mut req: Request<Body>) -> Result<Respon
         let _ = record.upstream.set(target.clone());
     }
     let path = upstream_path(&route.route, req.uri().path());
-    let pq = match req.uri().query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_owned(),
-    };
+    let pq = match (req.uri().path_and_query(), req.uri().query()) {
+        // The (normalised) path goes up unchanged: share it rather than format and parse it.
+        (Some(pq), _) if path.len() == req.uri().path().len() => Ok(pq.clone()),
+        (_, Some(q)) => PathAndQuery::try_from(format!("{path}?{q}")),
+        (_, None) => PathAndQuery::try_from(path.to_owned()),
+    }
+    .map_err(|_| Reject::Internal)?;
     let uri = Uri::builder()
         .scheme(target.scheme.clone())
         .authority(target.authority.clone())
-        .path_and_query(PathAndQuery::try_from(pq).map_err(|_| Reject::Internal)?)
+        .path_and_query(pq)
         .build()
         .map_err(|_| Reject::Internal)?;
 

@@ -22,8 +22,8 @@ pub mod remote;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -41,8 +41,10 @@ use tower::{Layer, Service};
 use crate::auth::validate::Identity;
 use crate::body::Body;
 use crate::config::{By, Limit, RateLimits};
+use crate::metrics::{LimitLabels, Metrics};
 use crate::reject::Reject;
 use crate::route::MatchedRoute;
+use prometheus_client::metrics::counter::Counter;
 use remote::Remote;
 
 /// `RateLimit-Limit`.
@@ -62,8 +64,9 @@ pub struct Selected<'a> {
     pub group: Option<&'a str>,
     /// The limit.
     pub limit: Limit,
-    /// The bucket key within that limit.
-    pub bucket: String,
+    /// The bucket key within that limit (borrowed from the identity or the limit's name: no
+    /// copy per request).
+    pub bucket: &'a String,
 }
 
 /// The outcome of one rate-limit check, with what the response headers say.
@@ -82,7 +85,9 @@ pub struct Decision {
 /// Per-caller GCRA state with a hard cap on tracked callers.
 #[derive(Debug)]
 pub struct CappedStore {
-    callers: DashMap<String, InMemoryState>,
+    /// Keyed by verified `uid`/`sub` values, hashed with foldhash's seeded "quality" hasher
+    /// (std's SipHash costs several times more per request for keys nobody can choose freely).
+    callers: DashMap<String, InMemoryState, foldhash::quality::RandomState>,
     overflow: InMemoryState,
     cap: usize,
     overflowing: AtomicBool,
@@ -91,7 +96,7 @@ pub struct CappedStore {
 impl CappedStore {
     fn new(cap: usize) -> CappedStore {
         CappedStore {
-            callers: DashMap::new(),
+            callers: DashMap::default(),
             overflow: InMemoryState::default(),
             cap,
             overflowing: AtomicBool::new(false),
@@ -159,6 +164,51 @@ type Keyed<C> = governor::RateLimiter<String, CappedStore, C, StateInformationMi
 struct Bucket<C: Clock> {
     limit: Limit,
     limiter: Keyed<C>,
+    decisions: Decisions,
+}
+
+/// The `jwtgate_ratelimit_decisions_total` series of one limit, looked up by label once (on
+/// first use) rather than on every request. Kept with the limit's bucket, which a reload keeps
+/// only for the same limit name, and the process's metrics are kept too.
+#[derive(Debug, Default)]
+pub struct Decisions([OnceLock<Counter>; 4]);
+
+impl Decisions {
+    fn count(&self, metrics: &Metrics, limit: &str, decision: &Decision, backend: &'static str) {
+        let refused = decision.retry_after_secs.is_some();
+        let redis = backend == "redis";
+        self.0[usize::from(redis) * 2 + usize::from(refused)]
+            .get_or_init(|| {
+                let labels = LimitLabels {
+                    limit: limit.to_owned(),
+                    decision: if refused { "limited" } else { "allowed" },
+                    backend,
+                };
+                metrics.ratelimit.get_or_create(&labels).clone()
+            })
+            .inc();
+    }
+}
+
+/// A decision, which limit made it and which store decided.
+#[derive(Debug)]
+pub struct Decided<'a> {
+    /// The decision.
+    pub decision: Decision,
+    /// The group whose limit applied, or `default`.
+    pub limit: &'a str,
+    /// `local` or `redis`.
+    pub backend: &'static str,
+    counters: &'a Decisions,
+}
+
+impl Decided<'_> {
+    /// Counts the decision in `jwtgate_ratelimit_decisions_total` and returns it.
+    pub fn count(self, metrics: &Metrics) -> Decision {
+        self.counters
+            .count(metrics, self.limit, &self.decision, self.backend);
+        self.decision
+    }
 }
 
 /// The limits of one configuration and their buckets.
@@ -224,6 +274,7 @@ impl<C: Clock + Clone> RateLimiter<C> {
                     clock.clone(),
                 )
                 .with_middleware::<StateInformationMiddleware>(),
+                decisions: Decisions::default(),
             })
         };
         RateLimiter {
@@ -257,7 +308,11 @@ impl<C: Clock + Clone> RateLimiter<C> {
     }
 
     /// Which limit applies to `identity` and which bucket it charges (pure).
-    pub fn select<'a>(&'a self, identity: &Identity) -> Option<Selected<'a>> {
+    pub fn select<'a>(&'a self, identity: &'a Identity) -> Option<Selected<'a>> {
+        self.pick(identity).map(|(selected, _)| selected)
+    }
+
+    fn pick<'a>(&'a self, identity: &'a Identity) -> Option<(Selected<'a>, &'a Bucket<C>)> {
         let best = identity
             .groups
             .iter()
@@ -265,19 +320,21 @@ impl<C: Clock + Clone> RateLimiter<C> {
             .max_by(|(a_name, a), (b_name, b)| {
                 more_generous(&a.limit, &b.limit).then_with(|| b_name.cmp(a_name))
             });
-        let (group, limit) = match best {
-            Some((name, bucket)) => (Some(name.as_str()), bucket.limit),
-            None => (None, self.default.as_ref()?.limit),
+        let (group, bucket) = match best {
+            Some((name, bucket)) => (Some(name), bucket),
+            None => (None, self.default.as_ref()?),
         };
-        let bucket = match (limit.by, group) {
-            (By::Group, Some(g)) => g.to_owned(),
-            _ => identity.uid.clone().unwrap_or_else(|| identity.sub.clone()),
+        let limit = bucket.limit;
+        let key = match (limit.by, group) {
+            (By::Group, Some(g)) => g,
+            _ => identity.uid.as_ref().unwrap_or(&identity.sub),
         };
-        Some(Selected {
-            group,
+        let selected = Selected {
+            group: group.map(String::as_str),
             limit,
-            bucket,
-        })
+            bucket: key,
+        };
+        Some((selected, bucket))
     }
 
     /// Charges one request to `identity`'s bucket; `None` when no limit applies.
@@ -287,16 +344,16 @@ impl<C: Clock + Clone> RateLimiter<C> {
 
     /// Like [`RateLimiter::check`], also naming the limit that applied (its group, or
     /// `default`).
-    pub fn check_named(&self, identity: &Identity) -> Option<(Decision, &str)> {
-        let selected = self.select(identity)?;
-        let name = selected.group.unwrap_or("default");
-        let bucket = match selected.group {
-            Some(g) => self.groups.get(g)?,
-            None => self.default.as_ref()?,
-        };
+    pub fn check_named<'a>(&'a self, identity: &'a Identity) -> Option<(Decision, &'a str)> {
+        self.check_local(identity).map(|d| (d.decision, d.limit))
+    }
+
+    /// Like [`RateLimiter::check_named`], ready to be counted.
+    pub fn check_local<'a>(&'a self, identity: &'a Identity) -> Option<Decided<'a>> {
+        let (selected, bucket) = self.pick(identity)?;
         let limit = selected.limit;
         let interval = quota(&limit).replenish_interval();
-        let decision = match bucket.limiter.check_key(&selected.bucket) {
+        let decision = match bucket.limiter.check_key(selected.bucket) {
             Ok(snapshot) => {
                 Decision::allowed(&limit, interval, snapshot.remaining_burst_capacity())
             }
@@ -304,29 +361,35 @@ impl<C: Clock + Clone> RateLimiter<C> {
                 Decision::refused(&limit, interval, wait_time(&not_until, &self.clock))
             }
         };
-        Some((decision, name))
+        Some(Decided {
+            decision,
+            limit: selected.group.unwrap_or("default"),
+            backend: "local",
+            counters: &bucket.decisions,
+        })
     }
 
-    /// Like [`RateLimiter::check_named`], deciding in Redis when `backend = "redis"` and
-    /// Redis answers in time, locally otherwise; also says which backend decided.
-    pub async fn check_shared(
-        &self,
-        identity: &Identity,
-    ) -> Option<(Decision, &str, &'static str)> {
+    /// Like [`RateLimiter::check_local`], deciding in Redis when `backend = "redis"` and
+    /// Redis answers in time, locally otherwise.
+    pub async fn check_shared<'a>(&'a self, identity: &'a Identity) -> Option<Decided<'a>> {
         if let Some(remote) = self.remote.as_ref().filter(|r| r.should_ask()) {
-            let selected = self.select(identity)?;
+            let (selected, bucket) = self.pick(identity)?;
             let name = selected.group.unwrap_or("default");
-            let key = remote.key(name, &selected.bucket);
+            let key = remote.key(name, selected.bucket);
             match remote.verdict(&key, &selected.limit, None).await {
                 Ok(verdict) => {
                     remote.answered();
-                    return Some((Remote::decision(&selected.limit, verdict), name, "redis"));
+                    return Some(Decided {
+                        decision: Remote::decision(&selected.limit, verdict),
+                        limit: name,
+                        backend: "redis",
+                        counters: &bucket.decisions,
+                    });
                 }
                 Err(failure) => remote.failed(&failure),
             }
         }
-        let (decision, name) = self.check_named(identity)?;
-        Some((decision, name, "local"))
+        self.check_local(identity)
     }
 
     /// Drops callers whose buckets are full again (indistinguishable from new ones).
@@ -447,8 +510,8 @@ where
             Some((snapshot, identity, limiter)) if limiter.remote().is_none() => {
                 // Local: decided here, borrowing from the request.
                 let decision = limiter
-                    .check_named(identity)
-                    .map(|(d, limit)| count(snapshot, d, limit, "local"));
+                    .check_local(identity)
+                    .map(|d| d.count(&snapshot.metrics));
                 return respond(decision, || self.inner.call(req));
             }
             Some((snapshot, identity, limiter)) => {
@@ -470,7 +533,7 @@ where
                 let decision = limiter
                     .check_shared(&identity)
                     .await
-                    .map(|(d, limit, backend)| count(&snapshot, d, limit, backend));
+                    .map(|d| d.count(&snapshot.metrics));
                 respond(decision, || inner.call(req)).await
             }),
         }
@@ -494,30 +557,6 @@ fn limited<B>(
     let snapshot = req.extensions().get::<Arc<crate::snapshot::Snapshot>>()?;
     let limiter = snapshot.limiter.as_ref()?;
     Some((snapshot, identity, limiter))
-}
-
-/// Counts the decision in `jwtgate_ratelimit_decisions_total`.
-fn count(
-    snapshot: &crate::snapshot::Snapshot,
-    decision: Decision,
-    limit: &str,
-    backend: &'static str,
-) -> Decision {
-    let decided = if decision.retry_after_secs.is_some() {
-        "limited"
-    } else {
-        "allowed"
-    };
-    snapshot
-        .metrics
-        .ratelimit
-        .get_or_create(&crate::metrics::LimitLabels {
-            limit: limit.to_owned(),
-            decision: decided,
-            backend,
-        })
-        .inc();
-    decision
 }
 
 /// A 429 for a refused decision, otherwise the inner call with the decision's headers.
@@ -640,7 +679,8 @@ shared = { requests = 2, per = "1s", by = "group" }
             (&[], None),
         ];
         for (groups, want) in table {
-            let s = l.select(&who("alice", None, groups)).unwrap();
+            let caller = who("alice", None, groups);
+            let s = l.select(&caller).unwrap();
             assert_eq!(s.group, want, "{groups:?}");
         }
         let without_default = RateLimiter::with_clock(

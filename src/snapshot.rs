@@ -78,7 +78,7 @@ impl Snapshot {
         }));
         let auth = match (&config.okta, keys) {
             (Some(okta), Some(keys)) => Some(Arc::new(
-                Authenticator::with_metrics(okta, keys, metrics.clone()).forwarding(
+                Authenticator::with_metrics(okta, keys, &metrics).forwarding(
                     config
                         .forward
                         .claims_to_headers

@@ -38,7 +38,7 @@ nginx -c "$OUT/upstream.conf" & PIDS+=($!)
 # count NAME PORT PATH COMMAND...: runs COMMAND under callgrind, serving on 127.0.0.1:PORT.
 count() {
   local name=$1 port=$2 path=$3; shift 3
-  local cg="$OUT/callgrind.$port"
+  local cg="$OUT/callgrind.$port${path//\//_}"
   valgrind --tool=callgrind --callgrind-out-file="$cg" "$@" > "$OUT/$port.log" 2>&1 &
   local vg=$!
   PIDS+=($vg)

@@ -31,6 +31,20 @@ pub fn extract<'a>(
     query: Option<&str>,
     max_bytes: usize,
 ) -> Result<&'a str, BearerError> {
+    jws_text(locate(headers, query, max_bytes)?)
+}
+
+/// Finds the token's bytes: every check of [`extract`] except the one on its characters,
+/// which [`jws_text`] makes (the verified-token cache is looked up in between).
+///
+/// # Errors
+///
+/// A [`BearerError`] saying which refusal applies.
+pub fn locate<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&str>,
+    max_bytes: usize,
+) -> Result<&'a [u8], BearerError> {
     if query.is_some_and(has_access_token_param) {
         return Err(BearerError::Misplaced);
     }
@@ -49,12 +63,24 @@ pub fn extract<'a>(
     if rest.len() > max_bytes {
         return Err(BearerError::Invalid(Reason::TooLarge));
     }
-    // token68 as a JWS compact serialisation uses: base64url characters and dots.
-    if rest.is_empty() || !all_jws_bytes(rest) {
+    if rest.is_empty() {
+        return Err(BearerError::Invalid(Reason::Malformed));
+    }
+    Ok(rest)
+}
+
+/// The token as text, if it is made only of the characters a JWS compact serialisation uses
+/// (token68 as base64url and dots).
+///
+/// # Errors
+///
+/// `Invalid(Malformed)` for any other byte.
+pub fn jws_text(token: &[u8]) -> Result<&str, BearerError> {
+    if !all_jws_bytes(token) {
         return Err(BearerError::Invalid(Reason::Malformed));
     }
     // Checked to be ASCII just above.
-    std::str::from_utf8(rest).map_err(|_| BearerError::Invalid(Reason::Malformed))
+    std::str::from_utf8(token).map_err(|_| BearerError::Invalid(Reason::Malformed))
 }
 
 /// Whether every byte is one a JWS compact serialisation uses: base64url and `.`.

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::HeaderValue;
 use jsonwebtoken::DecodingKey;
 use serde::Deserialize;
 use serde::de::{self, MapAccess, Visitor};
@@ -207,8 +208,8 @@ pub struct Identity {
     /// `exp`, in seconds since the epoch.
     pub exp: u64,
     /// The claims of [`Policy::forwarded_claims`] that are a string, number, boolean or array
-    /// of those, as text, for `claims_to_headers`.
-    pub claims: BTreeMap<String, Vec<String>>,
+    /// of those, as the header value `claims_to_headers` sends (array items joined with `,`).
+    pub claims: BTreeMap<String, HeaderValue>,
 }
 
 /// A token split and its header checked, not yet verified.
@@ -396,7 +397,7 @@ fn check_claims(
     let flat = policy
         .forwarded_claims
         .iter()
-        .filter_map(|k| claims.get(k).and_then(scalars).map(|s| (k.clone(), s)))
+        .filter_map(|k| Some((k.clone(), forwarded_value(k, claims.get(k)?)?)))
         .collect();
     Ok(Identity {
         sub: sub.to_owned(),
@@ -422,6 +423,20 @@ fn strings(v: &Value) -> Option<Vec<String>> {
 }
 
 /// A scalar or an array of scalars, as text (for headers).
+/// The header value a forwarded claim becomes: its scalars joined with `,`. Made once per
+/// verified token (the identity is cached with it), not per request. A claim that is no
+/// scalar or array of scalars, or whose text cannot be a header value, is not forwarded.
+fn forwarded_value(claim: &str, v: &Value) -> Option<HeaderValue> {
+    let text = scalars(v)?.join(",");
+    match HeaderValue::try_from(text) {
+        Ok(value) => Some(value),
+        Err(_) => {
+            tracing::debug!(%claim, "claim is not a valid header value; not forwarded");
+            None
+        }
+    }
+}
+
 fn scalars(v: &Value) -> Option<Vec<String>> {
     let one = |v: &Value| match v {
         Value::String(s) => Some(s.clone()),

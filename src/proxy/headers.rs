@@ -9,23 +9,26 @@ use http::HeaderMap;
 
 use crate::auth::validate::Identity;
 use crate::config::Forward;
-use http::header::{
-    AUTHORIZATION, CONNECTION, HOST, HeaderName, HeaderValue, PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
-};
+use http::header::{AUTHORIZATION, CONNECTION, HOST, HeaderName, HeaderValue, UPGRADE};
 
 /// Hop-by-hop headers of RFC 9110 §7.6.1, plus the non-standard ones proxies still meet.
-const HOP_BY_HOP: [HeaderName; 9] = [
-    CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION,
-    HeaderName::from_static("proxy-connection"),
-    TE,
-    TRAILER,
-    TRANSFER_ENCODING,
-    UPGRADE,
-];
+///
+/// A `match` on the name rather than a list of `HeaderName`s: this runs for every header of
+/// every request and response, and a `const` list is built and dropped at each use.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
 
 /// `X-Forwarded-For`.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -38,7 +41,7 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let nominated = nominated(headers);
     remove_where(headers, |name| {
-        HOP_BY_HOP.contains(name) || nominated.contains(name)
+        is_hop_by_hop(name) || nominated.contains(name)
     });
 }
 
@@ -61,17 +64,13 @@ fn nominated(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// Removes every header whose name `doomed` picks, looking at each name present once: a
-/// request has a handful of headers and the lists of names to remove are longer, so this costs
-/// a fraction of removing each listed name (every removal hashes its name).
+/// Removes every header whose name `doomed` picks, looking at each name present: a request
+/// has a handful of headers and the lists of names to remove are longer, so this costs a
+/// fraction of removing each listed name (every removal hashes its name). One removal at a
+/// time, starting the walk again after each: mostly there is none or one, and no list of names
+/// is allocated.
 fn remove_where(headers: &mut HeaderMap, mut doomed: impl FnMut(&HeaderName) -> bool) {
-    let mut names: Vec<HeaderName> = Vec::new();
-    for name in headers.keys() {
-        if doomed(name) {
-            names.push(name.clone());
-        }
-    }
-    for name in names {
+    while let Some(name) = headers.keys().find(|name| doomed(name)).cloned() {
         headers.remove(name);
     }
 }
@@ -123,7 +122,7 @@ pub fn prepare_request(
     let host = origin.host.cloned();
     let nominated = nominated(headers);
     remove_where(headers, |name| {
-        HOP_BY_HOP.contains(name)
+        is_hop_by_hop(name)
             || nominated.contains(name)
             // Identity headers are the gateway's to write: whatever a client sent under those
             // names (any case, `_` or `-`) goes, on public routes too.
@@ -161,16 +160,8 @@ pub fn prepare_request(
     }
     if let Some(identity) = identity {
         for (claim, name) in &forward.claims_to_headers {
-            let Some(values) = identity.claims.get(claim) else {
-                continue;
-            };
-            match HeaderValue::from_str(&values.join(",")) {
-                Ok(v) => {
-                    headers.insert(name.clone(), v);
-                }
-                Err(_) => {
-                    tracing::debug!(%claim, header = %name, "claim is not a valid header value; not forwarded");
-                }
+            if let Some(value) = identity.claims.get(claim) {
+                headers.insert(name.clone(), value.clone());
             }
         }
     }
@@ -179,6 +170,7 @@ pub fn prepare_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::{PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING};
 
     static CLIENT: HeaderValue = HeaderValue::from_static("10.1.2.3");
 
@@ -201,6 +193,10 @@ mod tests {
         h.insert("x-other", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(TE, HeaderValue::from_static("trailers"));
+        h.insert(TRAILER, HeaderValue::from_static("x-sum"));
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(PROXY_AUTHENTICATE, HeaderValue::from_static("Basic"));
+        h.insert(PROXY_AUTHORIZATION, HeaderValue::from_static("Basic eDp5"));
         h.insert(UPGRADE, HeaderValue::from_static("h2c"));
         h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
         h.insert("x-kept", HeaderValue::from_static("1"));
