@@ -2,8 +2,9 @@
 # Userspace instructions per request, counted by valgrind's callgrind: stable from run to run
 # (unlike req/s on a shared machine), so small hot-path changes can be measured.
 #
-#   scripts/bench/instructions.sh                 # jwtgate protected and public routes, and the
-#                                                 # bare hyper proxy (pooled, carried) as floors
+#   scripts/bench/instructions.sh                 # jwtgate protected and public routes; nginx as
+#                                                 # a plain proxy and the bare hyper proxy
+#                                                 # (pooled, carried) for comparison
 #   BINS="old/jwtgate target/release/jwtgate" scripts/bench/instructions.sh   # compare builds
 #
 # Each gateway runs under callgrind with one worker; wrk warms it up for 2 s, the counters are
@@ -89,6 +90,16 @@ TOML
   done
   port=$((port + 1))
 done
+# nginx as the plain reverse proxy of run.sh, one process (no master), counted the same way.
+cat > "$OUT/proxy.conf" <<NGINX
+worker_processes 1; master_process off; daemon off; pid $OUT/proxy.pid; error_log stderr error;
+events { worker_connections 1024; }
+http { access_log off; upstream up { server 127.0.0.1:18381; keepalive 64; }
+  server { listen 127.0.0.1:$port; keepalive_requests 1000000;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+NGINX
+count "nginx plain proxy" "$port" /x nginx -c "$OUT/proxy.conf"
+port=$((port + 1))
 for mode in pooled carried; do
   count "bare_proxy $mode" "$port" /x target/release/examples/bare_proxy \
     "127.0.0.1:$port" 127.0.0.1:18381 "$mode"
