@@ -40,9 +40,11 @@ pub struct Authenticator {
     keys: Arc<KeyCache>,
     cache: Option<TokenCache>,
     max_token_bytes: usize,
-    /// `jwtgate_token_cache_lookups_total{result="hit"}` and `{result="miss"}`, looked up
-    /// once here rather than by label on every request.
-    lookups: [Counter; 2],
+    /// `jwtgate_token_cache_lookups_total{result="hit"}`, looked up once here rather than by
+    /// label on every request.
+    hits: Counter,
+    /// `jwtgate_token_cache_lookups_total{result="miss"}`.
+    misses: Counter,
 }
 
 impl Authenticator {
@@ -58,12 +60,14 @@ impl Authenticator {
             keys,
             cache: (okta.token_cache_size > 0).then(|| TokenCache::new(okta.token_cache_size)),
             max_token_bytes: okta.max_token_bytes,
-            lookups: ["hit", "miss"].map(|result| {
-                metrics
-                    .token_cache
-                    .get_or_create(&ResultLabel { result })
-                    .clone()
-            }),
+            // `_owned` lets go of the family's lock at once: a guard from `get_or_create` lives
+            // to the end of this expression and would deadlock the second lookup.
+            hits: metrics
+                .token_cache
+                .get_or_create_owned(&ResultLabel { result: "hit" }),
+            misses: metrics
+                .token_cache
+                .get_or_create_owned(&ResultLabel { result: "miss" }),
         }
     }
 
@@ -104,7 +108,7 @@ impl Authenticator {
         if let (Some(cache), Some(keys)) = (&self.cache, &keys)
             && let Some(identity) = cache.get(raw, keys.generation, now)
         {
-            self.lookups[0].inc();
+            self.hits.inc();
             return Ok(identity);
         }
         let token = bearer::jws_text(raw).map_err(refusal)?;
@@ -112,7 +116,7 @@ impl Authenticator {
             return Err(Reject::KeysUnavailable);
         };
         if self.cache.is_some() {
-            self.lookups[1].inc();
+            self.misses.inc();
         }
         let parsed = validate::parse(token, &self.policy).map_err(Reject::InvalidToken)?;
         let mut verified = validate::verify(&parsed, &keys, &self.policy, now);

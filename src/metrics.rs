@@ -237,7 +237,7 @@ impl RouteMetrics {
             route: route.to_owned(),
         };
         self.duration
-            .get_or_init(|| metrics.duration.get_or_create(&label()).clone())
+            .get_or_init(|| metrics.duration.get_or_create_owned(&label()))
             .observe(seconds);
         let class = status_class_index(status);
         self.requests[class]
@@ -246,7 +246,7 @@ impl RouteMetrics {
                     route: route.to_owned(),
                     status_class: STATUS_CLASSES[class],
                 };
-                metrics.requests.get_or_create(&labels).clone()
+                metrics.requests.get_or_create_owned(&labels)
             })
             .inc();
     }

@@ -184,7 +184,7 @@ impl Decisions {
                     decision: if refused { "limited" } else { "allowed" },
                     backend,
                 };
-                metrics.ratelimit.get_or_create(&labels).clone()
+                metrics.ratelimit.get_or_create_owned(&labels)
             })
             .inc();
     }

@@ -88,6 +88,21 @@ fn b64(v: &str) -> String {
 }
 
 #[tokio::test]
+async fn a_forwarded_claim_that_cannot_be_a_header_value_is_left_out() {
+    let iss = issuer().await;
+    let mut p = policy(&iss);
+    p.forwarded_claims = vec!["dept".into(), "note".into(), "nested".into()];
+    let token = iss.sign(&with(
+        claims(&iss),
+        &json!({"dept": ["sales", 7, true], "note": "a\r\nX-Injected: 1", "nested": {"a": 1}}),
+    ));
+    let id = check(&iss, &token, &p, NOW).unwrap();
+    assert_eq!(id.claims["dept"], "sales,7,true");
+    assert!(!id.claims.contains_key("note"), "{:?}", id.claims);
+    assert!(!id.claims.contains_key("nested"), "{:?}", id.claims);
+}
+
+#[tokio::test]
 async fn an_okta_token_yields_its_identity() {
     let iss = issuer().await;
     let mut p = policy(&iss);
