@@ -39,7 +39,10 @@ pub struct MatchedRoute(pub Arc<CompiledRoute>);
 /// All routes of one configuration, indexed by path.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    by_path: HashMap<String, PathEntry>,
+    /// Hashed with foldhash rather than SipHash: every request looks up one or more of its
+    /// path's prefixes here, and the table is fixed by the configuration (a client's paths are
+    /// looked up, never inserted, so no flooding of this table is possible).
+    by_path: HashMap<String, PathEntry, foldhash::fast::RandomState>,
 }
 
 #[derive(Debug)]

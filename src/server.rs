@@ -5,6 +5,7 @@
 //! in-flight requests (HTTP/1 keep-alive is switched off, h2 gets GOAWAY), and give up after
 //! `server.shutdown_grace`.
 
+pub mod drain;
 pub mod framing;
 pub mod tls;
 
@@ -19,7 +20,6 @@ use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -336,7 +336,7 @@ async fn serve_proxy(
     grace: Duration,
     admin: Arc<Admin>,
 ) {
-    let graceful = GracefulShutdown::new();
+    let drain = drain::Drain::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Slow-header clients (slowloris) lose their connection instead of holding it forever.
     builder
@@ -357,7 +357,7 @@ async fn serve_proxy(
                         remote,
                         tls.clone(),
                         service.clone(),
-                        graceful.watcher(),
+                        drain.watch(),
                     ));
                 }
                 Err(e) => {
@@ -371,8 +371,8 @@ async fn serve_proxy(
     }
     drop(listener);
     admin.start_draining();
-    tracing::info!(connections = graceful.count(), ?grace, "draining");
-    match tokio::time::timeout(grace, graceful.shutdown()).await {
+    tracing::info!(connections = drain.count(), ?grace, "draining");
+    match tokio::time::timeout(grace, drain.shutdown()).await {
         Ok(()) => tracing::info!("drained"),
         Err(_) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
     }
@@ -384,14 +384,14 @@ async fn connection(
     remote: SocketAddr,
     tls: Option<TlsAcceptor>,
     service: GatewayService,
-    watcher: Watcher,
+    watch: drain::Watch,
 ) {
     let _ = stream.set_nodelay(true);
     let result = match tls {
-        None => serve(&builder, stream, remote, false, service, watcher).await,
+        None => serve(&builder, stream, remote, false, service, watch).await,
         Some(acceptor) => {
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => serve(&builder, stream, remote, true, service, watcher).await,
+                Ok(Ok(stream)) => serve(&builder, stream, remote, true, service, watch).await,
                 Ok(Err(e)) => {
                     tracing::debug!(%remote, error = %e, "TLS handshake failed");
                     return;
@@ -415,7 +415,7 @@ async fn serve<IO>(
     remote: SocketAddr,
     tls: bool,
     service: GatewayService,
-    watcher: Watcher,
+    watch: drain::Watch,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -432,7 +432,9 @@ where
     };
     let service = HyperService::new(service, info);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    watcher.watch(conn.into_owned()).await
+    watch
+        .run(conn.into_owned(), |conn| conn.graceful_shutdown())
+        .await
 }
 
 /// Adapts the tower stack to hyper: boxes the body and records the connection's details,
