@@ -9,13 +9,15 @@ pub mod drain;
 pub mod framing;
 pub mod tls;
 
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures_util::future::Either;
 use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -439,34 +441,50 @@ where
 
 /// Adapts the tower stack to hyper: boxes the body and records the connection's details,
 /// numbering requests in the order hyper hands them over.
-#[derive(Debug, Clone)]
+///
+/// hyper calls a service by `&self`, tower by `&mut self`; the usual bridge clones the stack for
+/// every request (one allocation and a reference count per layer). The stack is instead called
+/// in place: no layer applies backpressure, so it is ready at once. That is checked, not
+/// assumed: a stack that is not ready is cloned and driven to readiness the usual way.
+#[derive(Debug)]
 struct HyperService {
-    service: GatewayService,
+    service: RefCell<GatewayService>,
     info: ConnInfo,
-    next_index: Arc<AtomicU64>,
+    next_index: Cell<u64>,
 }
 
 impl HyperService {
     fn new(service: GatewayService, info: ConnInfo) -> HyperService {
         HyperService {
-            service,
+            service: RefCell::new(service),
             info,
-            next_index: Arc::new(AtomicU64::new(0)),
+            next_index: Cell::new(0),
         }
     }
 }
 
+type StackFuture = <GatewayService as tower::Service<Request<body::Body>>>::Future;
+
 impl hyper::service::Service<Request<Incoming>> for HyperService {
     type Response = http::Response<body::Body>;
     type Error = std::convert::Infallible;
-    type Future = tower::util::Oneshot<GatewayService, Request<body::Body>>;
+    type Future = Either<StackFuture, tower::util::Oneshot<GatewayService, Request<body::Body>>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let mut req = req.map(body::boxed);
         let mut info = self.info.clone();
-        info.index = self.next_index.fetch_add(1, Ordering::Relaxed);
+        info.index = self.next_index.get();
+        self.next_index.set(info.index + 1);
         req.extensions_mut().insert(info);
-        self.service.clone().oneshot(req)
+        // hyper never calls a connection's service from within a call, so this borrow is the
+        // only one.
+        let mut service = self.service.borrow_mut();
+        let mut cx = Context::from_waker(Waker::noop());
+        match tower::Service::poll_ready(&mut *service, &mut cx) {
+            Poll::Ready(Ok(())) => Either::Left(tower::Service::call(&mut *service, req)),
+            Poll::Ready(Err(never)) => match never {},
+            Poll::Pending => Either::Right(service.clone().oneshot(req)),
+        }
     }
 }
 
@@ -490,5 +508,80 @@ async fn serve_admin(listener: TcpListener, admin: Arc<Admin>) {
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http::{Response, StatusCode};
+    use http_body_util::{BodyExt as _, Empty};
+    use hyper::client::conn::http1 as client;
+
+    use super::*;
+
+    /// Not ready on every other poll; answers with the index the request was numbered with.
+    #[derive(Clone)]
+    struct Hesitant {
+        polls: Arc<AtomicUsize>,
+    }
+
+    impl tower::Service<Request<body::Body>> for Hesitant {
+        type Response = http::Response<body::Body>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            if self.polls.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: Request<body::Body>) -> Self::Future {
+            let index = req.extensions().get::<ConnInfo>().map_or(99, |c| c.index);
+            let response = Response::builder()
+                .header("x-index", index)
+                .body(body::empty())
+                .unwrap();
+            std::future::ready(Ok(response))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stack_that_is_not_ready_is_driven_to_readiness_before_the_call() {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let polls = Arc::new(AtomicUsize::new(0));
+        let stack = GatewayService::new(Hesitant {
+            polls: polls.clone(),
+        });
+        let (server_io, framing) = framing::Watched::new(server_io);
+        let info = ConnInfo {
+            remote: ([127, 0, 0, 1], 1).into(),
+            client_ip: http::HeaderValue::from_static("127.0.0.1"),
+            tls: false,
+            framing,
+            index: 0,
+            affinity: Arc::default(),
+        };
+        let server = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(server_io), HyperService::new(stack, info));
+        tokio::spawn(server);
+        let (mut sender, conn) = client::handshake(TokioIo::new(client_io)).await.unwrap();
+        tokio::spawn(conn);
+        for expected in ["0", "1", "2"] {
+            let req = Request::get("/")
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let response = sender.send_request(req).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.headers()["x-index"], expected);
+            response.into_body().collect().await.unwrap();
+        }
+        // Each request met a stack that was not ready (in place), then a clone that was.
+        assert_eq!(polls.load(Ordering::Relaxed), 6);
     }
 }
