@@ -9,7 +9,7 @@ use http::HeaderMap;
 
 use crate::auth::validate::Identity;
 use crate::config::Forward;
-use http::header::{AUTHORIZATION, CONNECTION, HOST, HeaderName, HeaderValue, UPGRADE};
+use http::header::{AUTHORIZATION, CONNECTION, Entry, HOST, HeaderName, HeaderValue, UPGRADE};
 
 /// Hop-by-hop headers of RFC 9110 §7.6.1, plus the non-standard ones proxies still meet.
 ///
@@ -152,7 +152,11 @@ pub fn prepare_request(
         Some(h) => {
             headers.insert(X_FORWARDED_HOST, h.clone());
             // HTTP/2 clients send `:authority` instead of `Host`; an HTTP/1.1 upstream needs it.
-            headers.insert(HOST, h);
+            // A `Host` the client sent is this same value (more than one was refused as
+            // ambiguous framing), so it stays as it is.
+            if let Entry::Vacant(slot) = headers.entry(HOST) {
+                slot.insert(h);
+            }
         }
         None => {
             headers.remove(X_FORWARDED_HOST);
