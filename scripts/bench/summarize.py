@@ -1,4 +1,9 @@
-"""Reads wrk outputs (one file per round) and prints medians and ratios per scenario."""
+"""Reads wrk outputs (one file per round) and prints medians and ratios per scenario.
+
+Each ratio is given twice: the ratio of the two medians, and in brackets the median of the
+per-round ratios. Rounds are interleaved, so a round's targets ran within the same minute; the
+per-round ratio cancels the machine's drift from round to round (on a shared machine one
+target's rounds can differ by 50 %), the ratio of medians does not."""
 import re
 import statistics
 import sys
@@ -15,10 +20,24 @@ def parse(text):
     return float(rps.group(1)) if rps else 0.0, lat.get("50"), lat.get("99"), int(non2xx.group(1)) if non2xx else 0
 
 results = defaultdict(list)
+by_round = defaultdict(dict)
 for path in sorted(Path(sys.argv[1]).glob("*.txt")):
     # name: scenario__target__cN__roundR.txt
-    scenario, target, conns, _ = path.stem.split("__")
-    results[(scenario, conns, target)].append(parse(path.read_text()))
+    scenario, target, conns, round_ = path.stem.split("__")
+    parsed = parse(path.read_text())
+    results[(scenario, conns, target)].append(parsed)
+    by_round[(scenario, conns, target)][round_] = parsed[0]
+
+
+def ratio(scenario, conns, target, base, medians):
+    """`a.bcx (d.efx)`: ratio of medians, then the median of the per-round ratios."""
+    if not medians.get(base):
+        return "-"
+    mine, theirs = by_round[(scenario, conns, target)], by_round[(scenario, conns, base)]
+    paired = [mine[r] / theirs[r] for r in mine if theirs.get(r)]
+    text = f"{medians[target][0] / medians[base][0]:.2f}x"
+    return f"{text} ({statistics.median(paired):.2f}x)" if paired else text
+
 
 rows = defaultdict(dict)
 for (scenario, conns, target), runs in results.items():
@@ -34,11 +53,9 @@ for (scenario, conns), targets in sorted(rows.items()):
     print(f"\n## {scenario}, -{conns}")
     print("| target | rounds | req/s (median) | p50 ms | p99 ms | non-2xx | vs nginx proxy | vs HAProxy JWT |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    base_nginx = targets.get("nginx-proxy", (0,))[0]
-    base_haproxy = targets.get("haproxy-jwt", (0,))[0]
     for target, (rps, p50, p99, non2xx, n) in sorted(targets.items()):
-        vs_n = f"{rps / base_nginx:.2f}x" if base_nginx else "-"
-        vs_h = f"{rps / base_haproxy:.2f}x" if base_haproxy else "-"
+        vs_n = ratio(scenario, conns, target, "nginx-proxy", targets)
+        vs_h = ratio(scenario, conns, target, "haproxy-jwt", targets)
         print(f"| {target} | {n} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {non2xx} | {vs_n} | {vs_h} |")
     local, shared = targets.get("jwtgate-protected"), targets.get("jwtgate-redis")
     if local and shared:
