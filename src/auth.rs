@@ -1,7 +1,7 @@
 //! SPEC §3 step 3: authenticate the caller of a protected route with its Okta access token.
 //!
-//! Requires `MatchedRoute` and the `Arc<Snapshot>`; inserts `Arc<Identity>` (the verified
-//! claims) for the layers after it. Public routes pass untouched, whatever they carry.
+//! Requires the `RequestContext` with its route; sets its `identity` (the verified claims) for
+//! the layers after it. Public routes pass untouched, whatever they carry.
 //!
 //! The decision is [`validate::parse`] + [`validate::verify`], pure functions; this module
 //! adds the only asynchronous part, one refetch of the keys when a token names an unknown
@@ -25,8 +25,7 @@ use crate::body::Body;
 use crate::config::{Access, Okta};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::reject::Reject;
-use crate::route::MatchedRoute;
-use crate::snapshot::Snapshot;
+use crate::snapshot::RequestContext;
 use bearer::BearerError;
 use cache::TokenCache;
 use jwks::KeyCache;
@@ -134,7 +133,7 @@ impl Authenticator {
     }
 }
 
-/// The layer: 400/401/503 on protected routes, `Arc<Identity>` inserted on success.
+/// The layer: 400/401/503 on protected routes, the context's identity set on success.
 pub fn layer() -> AsyncRequireAuthorizationLayer<Authenticate> {
     AsyncRequireAuthorizationLayer::new(Authenticate)
 }
@@ -150,11 +149,13 @@ impl<B: Send + 'static> AsyncAuthorizeRequest<B> for Authenticate {
 
     fn authorize(&mut self, mut req: Request<B>) -> Self::Future {
         Box::pin(async move {
-            let (Some(MatchedRoute(route)), Some(snapshot)) = (
-                req.extensions().get::<MatchedRoute>(),
-                req.extensions().get::<Arc<Snapshot>>(),
-            ) else {
-                tracing::error!("auth layer reached without a matched route or snapshot");
+            let Some(RequestContext {
+                snapshot,
+                route: Some(route),
+                ..
+            }) = RequestContext::of(&req)
+            else {
+                tracing::error!("auth layer reached without a matched route");
                 return Err(Reject::Internal.into_response());
             };
             if route.route.access == Access::Public {
@@ -172,7 +173,9 @@ impl<B: Send + 'static> AsyncAuthorizeRequest<B> for Authenticate {
                     if let Some(record) = crate::access_log::Record::of(&req) {
                         let _ = record.identity.set(identity.clone());
                     }
-                    req.extensions_mut().insert(identity);
+                    if let Some(context) = RequestContext::of_mut(&mut req) {
+                        context.identity = Some(identity);
+                    }
                     Ok(req)
                 }
                 Err(reject) => {

@@ -1,11 +1,10 @@
 //! SPEC §3 step 4: authorise the verified caller for the route (403).
 //!
-//! Requires `MatchedRoute` and, on protected routes, the `Arc<Identity>` inserted by `auth`.
+//! Requires the `RequestContext` with its route and, on protected routes, the identity `auth`
+//! set.
 //! A route's `groups` need at least one match and its `scopes` all of theirs; comparison is
 //! exact and case-sensitive (OKTA.md §1.6: group names are admin-chosen strings). A protected
 //! request that arrives without an identity is refused: the layer fails closed.
-
-use std::sync::Arc;
 
 use http::{Request, Response};
 use tower_http::validate_request::{ValidateRequest, ValidateRequestHeaderLayer};
@@ -14,7 +13,7 @@ use crate::auth::validate::Identity;
 use crate::body::Body;
 use crate::config::Access;
 use crate::reject::Reject;
-use crate::route::MatchedRoute;
+use crate::snapshot::RequestContext;
 
 /// Whether `identity` may call a route with `access`.
 ///
@@ -58,14 +57,19 @@ impl<B> ValidateRequest<B> for Authorize {
     type ResponseBody = Body;
 
     fn validate(&mut self, req: &mut Request<B>) -> Result<(), Response<Body>> {
-        let Some(MatchedRoute(route)) = req.extensions().get::<MatchedRoute>() else {
+        let Some(RequestContext {
+            route: Some(route),
+            identity,
+            ..
+        }) = RequestContext::of(req)
+        else {
             tracing::error!("authz layer reached without a matched route");
             return Err(Reject::Internal.into_response());
         };
         if route.route.access == Access::Public {
             return Ok(());
         }
-        let Some(identity) = req.extensions().get::<Arc<Identity>>() else {
+        let Some(identity) = identity else {
             tracing::error!("authz layer reached without an identity on a protected route");
             return Err(Reject::Internal.into_response());
         };

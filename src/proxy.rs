@@ -1,6 +1,6 @@
 //! SPEC §3 last step: forward the request to a target of the route's upstream (502 / 504).
 //!
-//! Requires `MatchedRoute`, the `Arc<Snapshot>` and the connection's `ConnInfo`. Bodies stream
+//! Requires the `RequestContext` with its route, and the connection's `ConnInfo`. Bodies stream
 //! in both directions: the request body is handed to the client as it arrives, and the
 //! upstream's body is handed back to hyper frame by frame; nothing is buffered whole.
 //!
@@ -31,12 +31,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tower::Service;
 
-use crate::auth::validate::Identity;
 use crate::body::{self, Body};
 use crate::reject::Reject;
-use crate::route::MatchedRoute;
 use crate::server::ConnInfo;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{RequestContext, Snapshot};
 use upstream::{ConnectTimeouts, Connector};
 
 /// The one pooled client shared by every upstream.
@@ -158,11 +156,13 @@ impl Service<Request<Body>> for Forward {
 }
 
 async fn forward(upstreams: &Upstreams, mut req: Request<Body>) -> Result<Response<Body>, Reject> {
-    let (Some(MatchedRoute(route)), Some(snapshot)) = (
-        req.extensions_mut().remove::<MatchedRoute>(),
-        req.extensions().get::<Arc<Snapshot>>().cloned(),
-    ) else {
-        tracing::error!("forward reached without a matched route or snapshot");
+    let Some(RequestContext {
+        snapshot,
+        route: Some(route),
+        identity,
+    }) = req.extensions_mut().remove::<RequestContext>()
+    else {
+        tracing::error!("forward reached without a matched route");
         return Err(Reject::Internal);
     };
     let conn = req
@@ -203,7 +203,6 @@ async fn forward(upstreams: &Upstreams, mut req: Request<Body>) -> Result<Respon
         tls: conn.as_ref().is_some_and(|(_, tls, _)| *tls),
         host: host.as_ref(),
     };
-    let identity = req.extensions().get::<Arc<Identity>>().cloned();
     headers::prepare_request(
         req.headers_mut(),
         origin,

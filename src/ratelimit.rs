@@ -1,6 +1,7 @@
 //! SPEC §3 step 5: per-group rate limits with governor's GCRA (429).
 //!
-//! Requires `MatchedRoute` and, on protected routes, the `Arc<Identity>`; adds `RateLimit-Limit`,
+//! Requires the `RequestContext` with its route and, on protected routes, its identity; adds
+//! `RateLimit-Limit`,
 //! `RateLimit-Remaining` and `RateLimit-Reset` to every response of a limited request, and
 //! answers 429 with `Retry-After` (whole seconds, at least 1) when the caller's bucket is empty.
 //! Public routes are not group-limited.
@@ -43,7 +44,7 @@ use crate::body::Body;
 use crate::config::{By, Limit, RateLimits};
 use crate::metrics::{LimitLabels, Metrics};
 use crate::reject::Reject;
-use crate::route::MatchedRoute;
+use crate::snapshot::RequestContext;
 use prometheus_client::metrics::counter::Counter;
 use remote::Remote;
 
@@ -549,12 +550,17 @@ fn limited<B>(
     &Arc<Identity>,
     &Arc<RateLimiter>,
 )> {
-    let MatchedRoute(route) = req.extensions().get::<MatchedRoute>()?;
+    let RequestContext {
+        snapshot,
+        route: Some(route),
+        identity: Some(identity),
+    } = RequestContext::of(req)?
+    else {
+        return None;
+    };
     if route.route.access == crate::config::Access::Public {
         return None;
     }
-    let identity = req.extensions().get::<Arc<Identity>>()?;
-    let snapshot = req.extensions().get::<Arc<crate::snapshot::Snapshot>>()?;
     let limiter = snapshot.limiter.as_ref()?;
     Some((snapshot, identity, limiter))
 }

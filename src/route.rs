@@ -1,6 +1,6 @@
 //! SPEC §3 step 2: match the normalised path to a route (404 / 405 + `Allow`).
 //!
-//! Requires the `Arc<Snapshot>` extension and a normalised URI; inserts [`MatchedRoute`].
+//! Requires the [`RequestContext`] extension and a normalised URI; sets its route.
 //!
 //! Prefixes match on segment boundaries (`/api/orders` matches `/api/orders`, `/api/orders/` and
 //! `/api/orders/7`, never `/api/ordersX`) and the longest matching prefix wins. The methods are
@@ -19,7 +19,7 @@ use crate::body::Body;
 use crate::config::Route;
 use crate::proxy::upstream::UpstreamPool;
 use crate::reject::Reject;
-use crate::snapshot::Snapshot;
+use crate::snapshot::RequestContext;
 
 /// A route ready for requests: its configuration and its upstream.
 #[derive(Debug)]
@@ -31,10 +31,6 @@ pub struct CompiledRoute {
     /// Its request count and duration series.
     pub metrics: crate::metrics::RouteMetrics,
 }
-
-/// Request extension: the route this request matched.
-#[derive(Debug, Clone)]
-pub struct MatchedRoute(pub Arc<CompiledRoute>);
 
 /// All routes of one configuration, indexed by path.
 #[derive(Debug, Default)]
@@ -122,7 +118,7 @@ fn allow_header(routes: &[Arc<CompiledRoute>]) -> Option<HeaderValue> {
     HeaderValue::from_str(&methods.join(", ")).ok()
 }
 
-/// The layer: refuses with 404/405 or inserts [`MatchedRoute`].
+/// The layer: refuses with 404/405 or sets the request context's route.
 pub fn layer() -> ValidateRequestHeaderLayer<MatchRoute> {
     ValidateRequestHeaderLayer::custom(MatchRoute)
 }
@@ -135,11 +131,12 @@ impl<B> ValidateRequest<B> for MatchRoute {
     type ResponseBody = Body;
 
     fn validate(&mut self, req: &mut Request<B>) -> Result<(), Response<Body>> {
-        let Some(snapshot) = req.extensions().get::<Arc<Snapshot>>() else {
-            tracing::error!("route layer reached without a snapshot");
+        let Some(context) = RequestContext::of(req) else {
+            tracing::error!("route layer reached without a request context");
             return Err(Reject::Internal.into_response());
         };
-        let matched = snapshot
+        let matched = context
+            .snapshot
             .routes
             .find(req.method(), req.uri().path())
             .map_err(Reject::into_response)?
@@ -148,7 +145,9 @@ impl<B> ValidateRequest<B> for MatchRoute {
             let _ = record.uri.set(req.uri().clone());
             let _ = record.route.set(matched.clone());
         }
-        req.extensions_mut().insert(MatchedRoute(matched));
+        if let Some(context) = RequestContext::of_mut(req) {
+            context.route = Some(matched);
+        }
         Ok(())
     }
 }
@@ -157,6 +156,7 @@ impl<B> ValidateRequest<B> for MatchRoute {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::snapshot::Snapshot;
 
     fn table(toml_routes: &str) -> RouteTable {
         let text = format!(

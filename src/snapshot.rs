@@ -2,7 +2,7 @@
 //! that outlives configurations.
 //!
 //! A request loads the live [`Snapshot`] once (in an outer layer) and carries the
-//! `Arc<Snapshot>` in its extensions, so a reload in the middle of a request never mixes two
+//! `Arc<Snapshot>` in its [`RequestContext`] extension, so a reload in the middle of a request never mixes two
 //! configurations (STYLE rule 8). [`Shared`] keeps what must survive a reload: the upstream
 //! client, the issuer's keys, limiter buckets of unchanged limits, and the metrics.
 
@@ -16,6 +16,7 @@ use tower::util::MapRequestLayer;
 
 use crate::auth::Authenticator;
 use crate::auth::jwks::KeyCache;
+use crate::auth::validate::Identity;
 use crate::config::{Backend, Config, RateLimits};
 use crate::lock;
 use crate::metrics::Metrics;
@@ -202,10 +203,40 @@ impl Shared {
     }
 }
 
-/// The layer: inserts the snapshot in force into the request's extensions.
+/// Request extension: what the request path knows about a request so far. The snapshot layer
+/// inserts it with the configuration in force; routing fills in the route, authentication the
+/// identity. One extension rather than one per item: every insert into a request's extension
+/// map boxes its value, and the fourth grows the map (docs/performance.md).
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// The configuration in force for this request: one request sees one configuration.
+    pub snapshot: Arc<Snapshot>,
+    /// The route matched (set by routing).
+    pub route: Option<Arc<CompiledRoute>>,
+    /// The verified identity (set by authentication, on protected routes).
+    pub identity: Option<Arc<Identity>>,
+}
+
+impl RequestContext {
+    /// The context of a request that went through the snapshot layer.
+    pub fn of<B>(req: &Request<B>) -> Option<&RequestContext> {
+        req.extensions().get::<RequestContext>()
+    }
+
+    /// Like [`RequestContext::of`], to fill in.
+    pub fn of_mut<B>(req: &mut Request<B>) -> Option<&mut RequestContext> {
+        req.extensions_mut().get_mut::<RequestContext>()
+    }
+}
+
+/// The layer: inserts a [`RequestContext`] with the snapshot in force.
 pub fn layer<B>(live: Live) -> MapRequestLayer<impl Fn(Request<B>) -> Request<B> + Clone> {
     MapRequestLayer::new(move |mut req: Request<B>| {
-        req.extensions_mut().insert(live.load_full());
+        req.extensions_mut().insert(RequestContext {
+            snapshot: live.load_full(),
+            route: None,
+            identity: None,
+        });
         req
     })
 }

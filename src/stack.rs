@@ -35,10 +35,10 @@ pub fn build(live: Live, upstreams: Upstreams, metrics: Arc<Metrics>) -> Gateway
         // SPEC §3 step 1, before routing, so routes are matched on the normalised path; also
         // refuses ambiguous framing before any other layer looks at the request.
         .layer(normalize::layer())
-        // Step 2: 404 / 405; inserts MatchedRoute.
+        // Step 2: 404 / 405; sets the request context's route.
         .layer(route::layer())
-        // Step 3: protected routes need a valid Okta access token (400 / 401 / 503); inserts
-        // Identity. Before authz, which decides on that identity.
+        // Step 3: protected routes need a valid Okta access token (400 / 401 / 503); sets the
+        // context's identity. Before authz, which decides on that identity.
         .layer(auth::layer())
         // Step 4: the route's groups and scopes (403).
         .layer(authz::layer())
