@@ -14,10 +14,11 @@ pub mod cache;
 pub mod jwks;
 pub mod validate;
 
-use std::future::Future;
+use std::future::{Future, Ready, ready};
 use std::pin::Pin;
 use std::sync::Arc;
 
+use futures_util::future::Either;
 use http::{HeaderMap, Request, Response};
 use tower_http::auth::{AsyncAuthorizeRequest, AsyncRequireAuthorizationLayer};
 
@@ -30,7 +31,7 @@ use bearer::BearerError;
 use cache::TokenCache;
 use jwks::KeyCache;
 use prometheus_client::metrics::counter::Counter;
-use validate::{Identity, Policy, Reason};
+use validate::{Identity, KeySet, Policy, Reason};
 
 /// Everything needed to authenticate requests under one configuration.
 #[derive(Debug)]
@@ -95,12 +96,25 @@ impl Authenticator {
         query: Option<&str>,
         now: u64,
     ) -> Result<Arc<Identity>, Reject> {
-        let refusal = |e| match e {
-            BearerError::Missing => Reject::MissingToken,
-            BearerError::Misplaced => Reject::InvalidRequest,
-            BearerError::Invalid(reason) => Reject::InvalidToken(reason),
+        match self.authenticate_now(headers, query, now) {
+            Some(outcome) => outcome,
+            None => self.authenticate_after_refetch(headers, query, now).await,
+        }
+    }
+
+    /// [`Authenticator::authenticate`] without waiting: every outcome but one is decided here,
+    /// on the keys in hand. `None` when the token names a key not among them: that needs the
+    /// keys fetched again ([`Authenticator::authenticate_after_refetch`]).
+    pub fn authenticate_now(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        now: u64,
+    ) -> Option<Result<Arc<Identity>, Reject>> {
+        let raw = match bearer::locate(headers, query, self.max_token_bytes) {
+            Ok(raw) => raw,
+            Err(e) => return Some(Err(refusal(e))),
         };
-        let raw = bearer::locate(headers, query, self.max_token_bytes).map_err(refusal)?;
         let keys = self.keys.current();
         // A hit compares the whole token with one that was verified, so its characters need
         // no checking: only a miss pays for that.
@@ -108,28 +122,73 @@ impl Authenticator {
             && let Some(identity) = cache.get(raw, keys.generation, now)
         {
             self.hits.inc();
-            return Ok(identity);
+            return Some(Ok(identity));
         }
-        let token = bearer::jws_text(raw).map_err(refusal)?;
-        let Some(mut keys) = keys else {
-            return Err(Reject::KeysUnavailable);
+        let token = match bearer::jws_text(raw) {
+            Ok(token) => token,
+            Err(e) => return Some(Err(refusal(e))),
+        };
+        let Some(keys) = keys else {
+            return Some(Err(Reject::KeysUnavailable));
         };
         if self.cache.is_some() {
             self.misses.inc();
         }
-        let parsed = validate::parse(token, &self.policy).map_err(Reject::InvalidToken)?;
-        let mut verified = validate::verify(&parsed, &keys, &self.policy, now);
-        if verified == Err(Reason::UnknownKey)
-            && let Some(fresh) = self.keys.refetch_for(&parsed.kid).await
-        {
-            keys = fresh;
-            verified = validate::verify(&parsed, &keys, &self.policy, now);
+        let parsed = match validate::parse(token, &self.policy) {
+            Ok(parsed) => parsed,
+            Err(reason) => return Some(Err(Reject::InvalidToken(reason))),
+        };
+        let verified = validate::verify(&parsed, &keys, &self.policy, now);
+        if verified == Err(Reason::UnknownKey) {
+            return None;
         }
+        Some(self.remember(token, &keys, verified))
+    }
+
+    /// The rest of [`Authenticator::authenticate`] for a token whose key was not in hand: one
+    /// refetch of the keys (at most one per `kid_refetch_cooldown`, shared by all waiting
+    /// requests), then verification against them.
+    ///
+    /// # Errors
+    ///
+    /// As [`Authenticator::authenticate`]; `InvalidToken(UnknownKey)` when the key is still
+    /// unknown.
+    pub async fn authenticate_after_refetch(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        now: u64,
+    ) -> Result<Arc<Identity>, Reject> {
+        let raw = bearer::locate(headers, query, self.max_token_bytes).map_err(refusal)?;
+        let token = bearer::jws_text(raw).map_err(refusal)?;
+        let parsed = validate::parse(token, &self.policy).map_err(Reject::InvalidToken)?;
+        let Some(keys) = self.keys.refetch_for(&parsed.kid).await else {
+            return Err(Reject::InvalidToken(Reason::UnknownKey));
+        };
+        let verified = validate::verify(&parsed, &keys, &self.policy, now);
+        self.remember(token, &keys, verified)
+    }
+
+    /// The identity of a verified token, cached under the key set that verified it.
+    fn remember(
+        &self,
+        token: &str,
+        keys: &KeySet,
+        verified: Result<Identity, Reason>,
+    ) -> Result<Arc<Identity>, Reject> {
         let identity = Arc::new(verified.map_err(Reject::InvalidToken)?);
         if let Some(cache) = &self.cache {
             cache.insert(token, keys.generation, identity.clone());
         }
         Ok(identity)
+    }
+}
+
+fn refusal(e: BearerError) -> Reject {
+    match e {
+        BearerError::Missing => Reject::MissingToken,
+        BearerError::Misplaced => Reject::InvalidRequest,
+        BearerError::Invalid(reason) => Reject::InvalidToken(reason),
     }
 }
 
@@ -142,48 +201,66 @@ pub fn layer() -> AsyncRequireAuthorizationLayer<Authenticate> {
 #[derive(Debug, Clone, Copy)]
 pub struct Authenticate;
 
+type Decided<B> = Result<Request<B>, Response<Body>>;
+
 impl<B: Send + 'static> AsyncAuthorizeRequest<B> for Authenticate {
     type RequestBody = B;
     type ResponseBody = Body;
-    type Future = Pin<Box<dyn Future<Output = Result<Request<B>, Response<Body>>> + Send>>;
+    /// Ready at once, except for a token whose key must be fetched first (boxed: rare).
+    type Future = Either<Ready<Decided<B>>, Pin<Box<dyn Future<Output = Decided<B>> + Send>>>;
 
-    fn authorize(&mut self, mut req: Request<B>) -> Self::Future {
-        Box::pin(async move {
-            let Some(RequestContext {
+    fn authorize(&mut self, req: Request<B>) -> Self::Future {
+        let auth = match RequestContext::of(&req) {
+            Some(RequestContext {
+                route: Some(route), ..
+            }) if route.route.access == Access::Public => return Either::Left(ready(Ok(req))),
+            Some(RequestContext {
                 snapshot,
-                route: Some(route),
+                route: Some(_),
                 ..
-            }) = RequestContext::of(&req)
-            else {
-                tracing::error!("auth layer reached without a matched route");
-                return Err(Reject::Internal.into_response());
-            };
-            if route.route.access == Access::Public {
-                return Ok(req);
-            }
-            let Some(auth) = snapshot.auth.clone() else {
+            }) => match snapshot.auth.clone() {
+                Some(auth) => auth,
                 // A protected route without [okta] does not validate; fail closed regardless.
-                return Err(Reject::KeysUnavailable.into_response());
-            };
-            let outcome = auth
-                .authenticate(req.headers(), req.uri().query(), validate::unix_now())
-                .await;
-            match outcome {
-                Ok(identity) => {
-                    if let Some(record) = crate::access_log::Record::of(&req) {
-                        let _ = record.identity.set(identity.clone());
-                    }
-                    if let Some(context) = RequestContext::of_mut(&mut req) {
-                        context.identity = Some(identity);
-                    }
-                    Ok(req)
-                }
-                Err(reject) => {
-                    tracing::debug!(refusal = %reject.description(), "authentication refused");
-                    Err(reject.into_response())
-                }
+                None => return Either::Left(ready(Err(Reject::KeysUnavailable.into_response()))),
+            },
+            _ => {
+                tracing::error!("auth layer reached without a matched route");
+                return Either::Left(ready(Err(Reject::Internal.into_response())));
             }
-        })
+        };
+        let now = validate::unix_now();
+        match auth.authenticate_now(req.headers(), req.uri().query(), now) {
+            Some(outcome) => Either::Left(ready(admit(req, outcome))),
+            None => Either::Right(Box::pin(async move {
+                let outcome = auth
+                    .authenticate_after_refetch(req.headers(), req.uri().query(), now)
+                    .await;
+                admit(req, outcome)
+            })),
+        }
+    }
+}
+
+/// Passes the request on with its identity, or answers the refusal.
+#[expect(
+    clippy::result_large_err,
+    reason = "the shape of tower-http's AsyncAuthorizeRequest decision"
+)]
+fn admit<B>(mut req: Request<B>, outcome: Result<Arc<Identity>, Reject>) -> Decided<B> {
+    match outcome {
+        Ok(identity) => {
+            if let Some(record) = crate::access_log::Record::of(&req) {
+                let _ = record.identity.set(identity.clone());
+            }
+            if let Some(context) = RequestContext::of_mut(&mut req) {
+                context.identity = Some(identity);
+            }
+            Ok(req)
+        }
+        Err(reject) => {
+            tracing::debug!(refusal = %reject.description(), "authentication refused");
+            Err(reject.into_response())
+        }
     }
 }
 
