@@ -6,8 +6,10 @@
 //! before its `exp`: it never outlives the token. Leeway is not applied here; a token inside
 //! its leeway window is verified again, which is correct and rare.
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use quick_cache::Equivalent;
 use quick_cache::sync::Cache;
 
 use super::validate::Identity;
@@ -17,7 +19,40 @@ use super::validate::Identity;
 pub struct TokenCache {
     /// Keyed by the token's bytes: a lookup happens before the token's characters are
     /// checked (a hit needs no check: it equals a token that was verified).
-    cache: Cache<Box<[u8]>, Entry>,
+    cache: Cache<TokenKey, Entry>,
+}
+
+/// A verified token's bytes, compared in full but hashed by their length and last 32 bytes
+/// (signature bytes): hashing all of a 700-byte token cost more than the rest of a hit. Only
+/// verified tokens are stored, so no one without the issuer's key can make stored tokens
+/// collide; a presented token that shares a stored one's tail is compared and misses.
+#[derive(Debug, PartialEq, Eq)]
+struct TokenKey(Box<[u8]>);
+
+/// A presented token, looked up without copying it.
+struct TokenRef<'a>(&'a [u8]);
+
+fn hash_token<H: Hasher>(token: &[u8], state: &mut H) {
+    state.write_usize(token.len());
+    state.write(&token[token.len().saturating_sub(32)..]);
+}
+
+impl Hash for TokenKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_token(&self.0, state);
+    }
+}
+
+impl Hash for TokenRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_token(self.0, state);
+    }
+}
+
+impl Equivalent<TokenKey> for TokenRef<'_> {
+    fn equivalent(&self, key: &TokenKey) -> bool {
+        *self.0 == *key.0
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -38,14 +73,14 @@ impl TokenCache {
     /// The identity of `token` if it was verified under key set `generation` and `now` (seconds
     /// since the epoch) is before its `exp`.
     pub fn get(&self, token: &[u8], generation: u64, now: u64) -> Option<Arc<Identity>> {
-        let entry = self.cache.get(token)?;
+        let entry = self.cache.get(&TokenRef(token))?;
         (entry.generation == generation && now < entry.identity.exp).then_some(entry.identity)
     }
 
     /// Remembers a verified token.
     pub fn insert(&self, token: &str, generation: u64, identity: Arc<Identity>) {
         self.cache.insert(
-            token.as_bytes().into(),
+            TokenKey(token.as_bytes().into()),
             Entry {
                 generation,
                 identity,
@@ -97,6 +132,21 @@ mod tests {
         assert!(c.get(b"a.b.c", 2, 10).is_none());
         assert!(c.get(b"a.b.d", 1, 10).is_none());
         assert!(c.get(b"a.b.", 1, 10).is_none());
+    }
+
+    #[test]
+    fn tokens_that_share_their_length_and_tail_are_told_apart() {
+        // Same length, same last 32 bytes (so the same hash): only the exact bytes hit.
+        let tail = "s".repeat(40);
+        let (a, b) = (format!("aaaa.{tail}"), format!("bbbb.{tail}"));
+        let c = TokenCache::new(10);
+        c.insert(&a, 1, identity(1000));
+        assert!(c.get(a.as_bytes(), 1, 10).is_some());
+        assert!(c.get(b.as_bytes(), 1, 10).is_none());
+        c.insert(&b, 1, identity(2000));
+        assert_eq!(c.get(a.as_bytes(), 1, 10).unwrap().exp, 1000);
+        assert_eq!(c.get(b.as_bytes(), 1, 10).unwrap().exp, 2000);
+        assert_eq!(c.len(), 2);
     }
 
     #[test]
