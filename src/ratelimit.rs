@@ -1,10 +1,9 @@
 //! SPEC §3 step 5: per-group rate limits with governor's GCRA (429).
 //!
 //! Requires the `RequestContext` with its route and, on protected routes, its identity; adds
-//! `RateLimit-Limit`,
-//! `RateLimit-Remaining` and `RateLimit-Reset` to every response of a limited request, and
-//! answers 429 with `Retry-After` (whole seconds, at least 1) when the caller's bucket is empty.
-//! Public routes are not group-limited.
+//! `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` to every response of a
+//! limited request, and answers 429 with `Retry-After` (whole seconds, at least 1) when the
+//! caller's bucket is empty. Public routes are not group-limited.
 //!
 //! Which limit applies ([`RateLimiter::select`], pure): among the caller's groups that have a
 //! `[rate_limits.groups]` entry, the most generous (highest sustained rate, then largest burst,
