@@ -339,16 +339,11 @@ impl<C: Clock + Clone> RateLimiter<C> {
 
     /// Charges one request to `identity`'s bucket; `None` when no limit applies.
     pub fn check(&self, identity: &Identity) -> Option<Decision> {
-        self.check_named(identity).map(|(d, _)| d)
+        self.check_local(identity).map(|d| d.decision)
     }
 
     /// Like [`RateLimiter::check`], also naming the limit that applied (its group, or
-    /// `default`).
-    pub fn check_named<'a>(&'a self, identity: &'a Identity) -> Option<(Decision, &'a str)> {
-        self.check_local(identity).map(|d| (d.decision, d.limit))
-    }
-
-    /// Like [`RateLimiter::check_named`], ready to be counted.
+    /// `default`), ready to be counted.
     pub fn check_local<'a>(&'a self, identity: &'a Identity) -> Option<Decided<'a>> {
         let (selected, bucket) = self.pick(identity)?;
         let limit = selected.limit;

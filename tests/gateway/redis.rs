@@ -231,7 +231,7 @@ async fn the_script_decides_as_the_local_limiter_does() {
     ] {
         clock.advance(Duration::from_millis(step_ms));
         elapsed += step_ms * 1000;
-        let (expected, _) = local.check_named(&who).unwrap();
+        let expected = local.check(&who).unwrap();
         let verdict = remote
             .verdict("jwtgate-test:same", &quota, Some(t0 + elapsed))
             .await
