@@ -10,6 +10,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
@@ -18,6 +19,8 @@ use hyper_util::server::conn::auto;
 use jwtgate::body::{self, Body};
 use jwtgate::config::Target;
 use jwtgate::proxy::Upstreams;
+
+const DEADLINE: Duration = Duration::from_secs(30);
 use jwtgate::proxy::conns::Affinity;
 use jwtgate::proxy::upstream::ConnectTimeouts;
 use tokio::net::TcpListener;
@@ -52,7 +55,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     parts.uri = Uri::try_from(format!("{target}{pq}")).unwrap_or_default();
                     let req = Request::from_parts(parts, body::boxed(incoming));
                     let response: Option<Response<Body>> = if carried {
-                        let sent = upstreams.conns().send(affinity, &target, req).await;
+                        // Every proxy needs a deadline for the upstream; this is the one
+                        // jwtgate's carried connections keep (one timer per connection).
+                        let sent = upstreams
+                            .conns()
+                            .send(affinity, &target, req, DEADLINE)
+                            .await;
                         sent.ok().map(|r| r.map(Body::new))
                     } else {
                         let sent = upstreams.client().request(req).await;

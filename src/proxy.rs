@@ -222,36 +222,36 @@ async fn forward(upstreams: &Upstreams, mut req: Request<Body>) -> Result<Respon
         hyper::upgrade::on(&mut req)
     });
 
-    let deadline = route.upstream.timeout;
-    let sending = async {
-        match affinity {
-            Some(affinity) => upstreams
-                .conns
-                .send(affinity, target, req)
-                .await
-                .map(|r| (r.map(Body::new), false)),
-            None => match upstreams.client.request(req).await {
-                Ok(mut response) => {
-                    let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS
-                        && client_upgrade.is_some();
-                    if let (Some(client), true) = (client_upgrade.take(), upgraded) {
-                        let upstream = hyper::upgrade::on(&mut response);
-                        tokio::spawn(tunnel(client, upstream));
-                    }
-                    Ok((response.map(body::boxed), upgraded))
+    let timeout = route.upstream.timeout;
+    let sent = match affinity {
+        // The carried connection keeps one timer for the deadlines of all its requests.
+        Some(affinity) => upstreams
+            .conns
+            .send(affinity, target, req, timeout)
+            .await
+            .map(|r| (r.map(Body::new), false)),
+        None => match tokio::time::timeout(timeout, upstreams.client.request(req)).await {
+            Err(_) => Err(conns::SendError::Timeout),
+            Ok(Ok(mut response)) => {
+                let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS
+                    && client_upgrade.is_some();
+                if let (Some(client), true) = (client_upgrade.take(), upgraded) {
+                    let upstream = hyper::upgrade::on(&mut response);
+                    tokio::spawn(tunnel(client, upstream));
                 }
-                Err(e) if e.is_connect() => Err(conns::SendError::Connect(e.into())),
-                Err(e) => Err(conns::SendError::Http(e.into())),
-            },
-        }
+                Ok((response.map(body::boxed), upgraded))
+            }
+            Ok(Err(e)) if e.is_connect() => Err(conns::SendError::Connect(e.into())),
+            Ok(Err(e)) => Err(conns::SendError::Http(e.into())),
+        },
     };
-    match tokio::time::timeout(deadline, sending).await {
-        Err(_) => {
-            tracing::warn!(upstream = %route.upstream.name, %target, ?deadline, "upstream timed out");
+    match sent {
+        Err(conns::SendError::Timeout) => {
+            tracing::warn!(upstream = %route.upstream.name, %target, ?timeout, "upstream timed out");
             upstream_error(&snapshot, &route.upstream.name, "timeout");
             Err(Reject::UpstreamTimeout)
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             let kind = e.kind();
             tracing::warn!(
                 upstream = %route.upstream.name,
@@ -263,7 +263,7 @@ async fn forward(upstreams: &Upstreams, mut req: Request<Body>) -> Result<Respon
             upstream_error(&snapshot, &route.upstream.name, kind);
             Err(Reject::UpstreamFailed)
         }
-        Ok(Ok((response, upgraded))) => {
+        Ok((response, upgraded)) => {
             let (mut parts, body) = response.into_parts();
             headers::remove_hop_by_hop(&mut parts.headers);
             if upgraded {

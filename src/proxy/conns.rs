@@ -32,6 +32,7 @@ use hyper::client::conn::http1;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::time::{Instant as TokioInstant, Sleep};
 use tower::ServiceExt as _;
 
 use super::upstream::Connector;
@@ -52,14 +53,17 @@ pub enum SendError {
     Connect(BoxError),
     /// The connection failed while the request or the response head was under way.
     Http(BoxError),
+    /// No response head within the upstream's `timeout`.
+    Timeout,
 }
 
 impl SendError {
-    /// `refused`, `connect_timeout`, `connect_error` or `reset`, for metrics.
+    /// `timeout`, `refused`, `connect_timeout`, `connect_error` or `reset`, for metrics.
     pub fn kind(&self) -> &'static str {
         let (e, connect) = match self {
             SendError::Connect(e) => (e, true),
             SendError::Http(e) => (e, false),
+            SendError::Timeout => return "timeout",
         };
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
         while let Some(c) = cause {
@@ -78,7 +82,10 @@ impl SendError {
 
     /// The error and its causes, `: `-separated, for the log.
     pub fn chain(&self) -> String {
-        let (SendError::Connect(e) | SendError::Http(e)) = self;
+        let e = match self {
+            SendError::Connect(e) | SendError::Http(e) => e,
+            SendError::Timeout => return "no response head within the upstream's timeout".into(),
+        };
         let mut s = e.to_string();
         let mut source = e.source();
         while let Some(cause) = source {
@@ -101,14 +108,37 @@ struct Parked {
     idle_since: Instant,
     /// Where it goes when its client connection ends (weak: the idle list holds connections).
     home: Weak<IdleList>,
+    /// The deadline of the request under way: one timer for all the requests the connection
+    /// carries for one client connection. Moving a registered timer to a later deadline is an
+    /// atomic store; a timer per request would be registered in the runtime's timer wheel and
+    /// removed again each time.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Parked {
-    fn go_home(self) {
+    fn go_home(mut self) {
+        // The timer belongs to the runtime of the client connection that made it; the next
+        // client connection may run on another worker.
+        self.timer = None;
         if let Some(home) = self.home.upgrade() {
             home.put(self);
         }
     }
+
+    /// Sets the deadline of the next request.
+    fn arm(&mut self, deadline: TokioInstant) {
+        match &mut self.timer {
+            Some(timer) => timer.as_mut().reset(deadline),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+    }
+}
+
+/// Whether the deadline armed has passed.
+fn expired(timer: &mut Option<Pin<Box<Sleep>>>, cx: &mut Context<'_>) -> bool {
+    timer
+        .as_mut()
+        .is_some_and(|timer| timer.as_mut().poll(cx).is_ready())
 }
 
 impl std::fmt::Debug for Parked {
@@ -139,13 +169,19 @@ impl Parked {
         !self.done && !self.sender.is_closed()
     }
 
-    /// Waits until the connection can take a request; `false` if it has closed meanwhile.
-    async fn ready(&mut self) -> bool {
+    /// Waits until the connection can take a request; `Ok(false)` if it has closed meanwhile.
+    async fn ready(&mut self) -> Result<bool, SendError> {
         poll_fn(|cx| {
             if self.drive(cx).is_some() || self.done {
-                return Poll::Ready(false);
+                return Poll::Ready(Ok(false));
             }
-            self.sender.poll_ready(cx).map(|r| r.is_ok())
+            match self.sender.poll_ready(cx) {
+                Poll::Ready(r) => Poll::Ready(Ok(r.is_ok())),
+                Poll::Pending if expired(&mut self.timer, cx) => {
+                    Poll::Ready(Err(SendError::Timeout))
+                }
+                Poll::Pending => Poll::Pending,
+            }
         })
         .await
     }
@@ -155,9 +191,13 @@ impl Parked {
     async fn send(
         &mut self,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, (BoxError, Option<Request<Body>>)> {
+    ) -> Result<Response<Incoming>, (SendError, Option<Request<Body>>)> {
         let Parked {
-            sender, conn, done, ..
+            sender,
+            conn,
+            done,
+            timer,
+            ..
         } = self;
         let mut sending = std::pin::pin!(sender.try_send_request(req));
         let mut failure: Option<hyper::Error> = None;
@@ -171,16 +211,17 @@ impl Parked {
                 Poll::Ready(Err(mut e)) => {
                     let unsent = e.take_message();
                     let cause = failure.take().unwrap_or_else(|| e.into_error());
-                    Poll::Ready(Err((BoxError::from(cause), unsent)))
+                    Poll::Ready(Err((SendError::Http(cause.into()), unsent)))
                 }
                 // The connection has ended without answering: nothing will.
                 Poll::Pending if *done => Poll::Ready(Err((
-                    failure.take().map_or_else(
+                    SendError::Http(failure.take().map_or_else(
                         || BoxError::from("the upstream closed the connection"),
                         BoxError::from,
-                    ),
+                    )),
                     None,
                 ))),
+                Poll::Pending if expired(timer, cx) => Poll::Ready(Err((SendError::Timeout, None))),
                 Poll::Pending => Poll::Pending,
             }
         })
@@ -314,6 +355,7 @@ impl Connections {
             done: false,
             idle_since: Instant::now(),
             home: Arc::downgrade(&self.idle),
+            timer: None,
         })
     }
 
@@ -323,28 +365,37 @@ impl Connections {
     ///
     /// # Errors
     ///
-    /// No connection could be opened, or the one used failed before the response head.
+    /// No connection could be opened, the one used failed before the response head, or the
+    /// response head did not come within `timeout` (which includes opening a connection).
     pub async fn send(
         &self,
         affinity: Arc<Affinity>,
         target: &Target,
         mut req: Request<Body>,
+        timeout: Duration,
     ) -> Result<Response<Driven>, SendError> {
+        let deadline = TokioInstant::now() + timeout;
         let reused = affinity.take(target).or_else(|| self.idle.take(target));
-        if let Some(mut parked) = reused
-            && parked.ready().await
-        {
-            match parked.send(req).await {
-                Ok(response) => return Ok(keep(response, parked, affinity)),
-                // Closed under us before the request went out: try a fresh connection.
-                Err((_, Some(unsent))) => req = unsent,
-                Err((e, None)) => return Err(SendError::Http(e)),
+        if let Some(mut parked) = reused {
+            parked.arm(deadline);
+            if parked.ready().await? {
+                match parked.send(req).await {
+                    Ok(response) => return Ok(keep(response, parked, affinity)),
+                    // Closed under us before the request went out: try a fresh connection.
+                    Err((SendError::Http(_), Some(unsent))) => req = unsent,
+                    Err((e, _)) => return Err(e),
+                }
             }
         }
-        let mut parked = self.open(target).await?;
+        // Boxed: opening (connect, TLS, handshake) is the rare path and by far the largest
+        // state; inline, every request's future would be that size, copied at every move.
+        let mut parked = Box::pin(tokio::time::timeout_at(deadline, self.open(target)))
+            .await
+            .map_err(|_| SendError::Timeout)??;
+        parked.arm(deadline);
         match parked.send(req).await {
             Ok(response) => Ok(keep(response, parked, affinity)),
-            Err((e, _)) => Err(SendError::Http(e)),
+            Err((e, _)) => Err(e),
         }
     }
 }
@@ -436,6 +487,8 @@ mod tests {
         (echo, conns, target)
     }
 
+    const T: Duration = Duration::from_secs(30);
+
     fn get(target: &Target) -> Request<Body> {
         Request::get(format!("{target}/x"))
             .body(crate::body::empty())
@@ -447,7 +500,7 @@ mod tests {
         let (echo, conns, target) = setup().await;
         let first = Arc::new(Affinity::default());
         let response = conns
-            .send(first.clone(), &target, get(&target))
+            .send(first.clone(), &target, get(&target), T)
             .await
             .unwrap();
         response.into_body().collect().await.unwrap();
@@ -460,7 +513,7 @@ mod tests {
 
         let second = Arc::new(Affinity::default());
         let response = conns
-            .send(second.clone(), &target, get(&target))
+            .send(second.clone(), &target, get(&target), T)
             .await
             .unwrap();
         response.into_body().collect().await.unwrap();
@@ -476,7 +529,7 @@ mod tests {
         let (echo, conns, target) = setup().await;
         let affinity = Arc::new(Affinity::default());
         let response = conns
-            .send(affinity.clone(), &target, get(&target))
+            .send(affinity.clone(), &target, get(&target), T)
             .await
             .unwrap();
         drop(response);
@@ -487,7 +540,10 @@ mod tests {
         );
 
         let affinity = Arc::new(Affinity::default());
-        let response = conns.send(affinity, &target, get(&target)).await.unwrap();
+        let response = conns
+            .send(affinity, &target, get(&target), T)
+            .await
+            .unwrap();
         response.into_body().collect().await.unwrap();
         assert_eq!((echo.requests(), echo.connections()), (2, 2));
     }

@@ -136,6 +136,27 @@ async fn after_a_timeout_the_upstream_connection_is_not_reused() {
     assert_eq!(requests.recv().await, Some(2));
 }
 
+/// A carried connection keeps one timer for all its requests' deadlines: moved later for the
+/// next request of the same route, and earlier for a route with a shorter timeout.
+#[tokio::test]
+async fn each_request_on_a_kept_connection_gets_its_own_deadline() {
+    let upstream = answers_first_request_of_each_connection().await;
+    let h = Harness::with(&format!(
+        "[upstreams.patient]\ntargets = [\"http://{upstream}\"]\ntimeout = \"1h\"\n\
+         [upstreams.hasty]\ntargets = [\"http://{upstream}\"]\ntimeout = \"200ms\"\n\
+         [[routes]]\npath = \"/patient\"\nupstream = \"patient\"\npublic = true\n\
+         [[routes]]\npath = \"/hasty\"\nupstream = \"hasty\"\npublic = true\n"
+    ))
+    .await;
+    let mut client = KeepAlive::open(h.gateway.listen_addr()).await;
+    // The hasty route's deadline is earlier than the one the connection's timer holds.
+    assert_eq!(within(client.get("/patient")).await.0, 200);
+    assert_eq!(within(client.get("/hasty")).await.0, 504);
+    // A fresh connection: its second request's deadline is later than the first's.
+    assert_eq!(within(client.get("/hasty")).await.0, 200);
+    assert_eq!(within(client.get("/hasty")).await.0, 504);
+}
+
 #[tokio::test]
 async fn clients_that_close_each_connection_still_reuse_upstream_connections() {
     let h = Harness::start().await;
@@ -223,4 +244,33 @@ async fn read_head(s: &mut TcpStream) {
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
     }
+}
+
+/// Without a deadline in the test's own hands, a timer left at an hour would hang the test
+/// rather than fail it.
+async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(std::time::Duration::from_secs(30), f)
+        .await
+        .expect("no answer within 30 s")
+}
+
+/// An upstream that answers the first request on each connection with `ok` and never answers
+/// a later one (it keeps the connection open and says nothing).
+async fn answers_first_request_of_each_connection() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                read_head(&mut s).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                read_head(&mut s).await;
+                // Hold the connection until the gateway gives up on it.
+                let _ = s.read(&mut [0u8; 1]).await;
+            });
+        }
+    });
+    addr
 }
