@@ -15,6 +15,7 @@ mod operations;
 mod paths;
 mod ratelimit;
 mod redis;
+mod slow_clients;
 mod smuggling;
 mod tls;
 mod upgrade;
