@@ -174,19 +174,37 @@ struct Bucket<C: Clock> {
 pub struct Decisions([OnceLock<Counter>; 4]);
 
 impl Decisions {
-    fn count(&self, metrics: &Metrics, limit: &str, decision: &Decision, backend: &'static str) {
+    fn count(&self, metrics: &Metrics, limit: &str, decision: &Decision, store: Store) {
         let refused = decision.retry_after_secs.is_some();
-        let redis = backend == "redis";
-        self.0[usize::from(redis) * 2 + usize::from(refused)]
+        self.0[usize::from(store == Store::Redis) * 2 + usize::from(refused)]
             .get_or_init(|| {
                 let labels = LimitLabels {
                     limit: limit.to_owned(),
                     decision: if refused { "limited" } else { "allowed" },
-                    backend,
+                    backend: store.label(),
                 };
                 metrics.ratelimit.get_or_create_owned(&labels)
             })
             .inc();
+    }
+}
+
+/// Where a decision was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// In this process.
+    Local,
+    /// In Redis, shared by every gateway process.
+    Redis,
+}
+
+impl Store {
+    /// The `backend` label of the decision metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Store::Local => "local",
+            Store::Redis => "redis",
+        }
     }
 }
 
@@ -197,8 +215,8 @@ pub struct Decided<'a> {
     pub decision: Decision,
     /// The group whose limit applied, or `default`.
     pub limit: &'a str,
-    /// `local` or `redis`.
-    pub backend: &'static str,
+    /// Where it was taken.
+    pub store: Store,
     counters: &'a Decisions,
 }
 
@@ -206,7 +224,7 @@ impl Decided<'_> {
     /// Counts the decision in `jwtgate_ratelimit_decisions_total` and returns it.
     pub fn count(self, metrics: &Metrics) -> Decision {
         self.counters
-            .count(metrics, self.limit, &self.decision, self.backend);
+            .count(metrics, self.limit, &self.decision, self.store);
         self.decision
     }
 }
@@ -359,7 +377,7 @@ impl<C: Clock + Clone> RateLimiter<C> {
         Some(Decided {
             decision,
             limit: selected.group.unwrap_or("default"),
-            backend: "local",
+            store: Store::Local,
             counters: &bucket.decisions,
         })
     }
@@ -377,7 +395,7 @@ impl<C: Clock + Clone> RateLimiter<C> {
                     return Some(Decided {
                         decision: Remote::decision(&selected.limit, verdict),
                         limit: name,
-                        backend: "redis",
+                        store: Store::Redis,
                         counters: &bucket.decisions,
                     });
                 }
