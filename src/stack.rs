@@ -66,7 +66,17 @@ mod tests {
     use crate::proxy::upstream::ConnectTimeouts;
     use crate::snapshot::Snapshot;
 
-    async fn stack(issuer: &str, fetch_keys: bool) -> GatewayService {
+    /// The issuer's keys as the stack holds them.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Keys {
+        Fetched,
+        NeverFetched,
+        /// No key cache at all: a snapshot no valid configuration makes (`[okta]` is required
+        /// once a route is protected), to check the auth layer still fails closed.
+        NoCache,
+    }
+
+    async fn stack(issuer: &str, keys: Keys) -> GatewayService {
         // Port 1 on loopback: nothing listens there, so connecting is refused.
         let config = Config::from_toml_str(&format!(
             r#"
@@ -90,11 +100,12 @@ mod tests {
         .unwrap();
         let timeouts = ConnectTimeouts::default();
         let upstreams = crate::proxy::Upstreams::new(timeouts.clone()).unwrap();
-        let keys = KeyCache::new(config.okta.as_ref().unwrap(), upstreams.client().clone());
-        if fetch_keys {
-            keys.fetch().await.unwrap();
+        let cache = KeyCache::new(config.okta.as_ref().unwrap(), upstreams.client().clone());
+        if keys == Keys::Fetched {
+            cache.fetch().await.unwrap();
         }
-        let snapshot = Snapshot::new(Arc::new(config), Some(keys));
+        let cache = (keys != Keys::NoCache).then_some(cache);
+        let snapshot = Snapshot::new(Arc::new(config), cache);
         timeouts.install(snapshot.upstreams.values().map(AsRef::as_ref));
         build(
             Arc::new(ArcSwap::from_pointee(snapshot)),
@@ -130,7 +141,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let s = stack(issuer.issuer_url(), true).await;
+        let s = stack(issuer.issuer_url(), Keys::Fetched).await;
         let good = issuer.token_for_user("alice");
         let rows = [
             (Method::GET, "/public/%2Fetc", None, StatusCode::BAD_REQUEST),
@@ -170,15 +181,18 @@ mod tests {
                 "{method} {path}"
             );
         }
-        // No key ever fetched: protected routes answer 503, public ones still work.
-        let cold = stack(issuer.issuer_url(), false).await;
-        assert_eq!(
-            status(&cold, Method::GET, "/private", Some(&good)).await,
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-        assert_eq!(
-            status(&cold, Method::GET, "/public/x", None).await,
-            StatusCode::BAD_GATEWAY
-        );
+        // No key ever fetched, or no key cache at all: protected routes answer 503, public
+        // ones still work.
+        for keys in [Keys::NeverFetched, Keys::NoCache] {
+            let cold = stack(issuer.issuer_url(), keys).await;
+            assert_eq!(
+                status(&cold, Method::GET, "/private", Some(&good)).await,
+                StatusCode::SERVICE_UNAVAILABLE
+            );
+            assert_eq!(
+                status(&cold, Method::GET, "/public/x", None).await,
+                StatusCode::BAD_GATEWAY
+            );
+        }
     }
 }
