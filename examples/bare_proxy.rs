@@ -19,11 +19,12 @@ use hyper_util::server::conn::auto;
 use jwtgate::body::{self, Body};
 use jwtgate::config::Target;
 use jwtgate::proxy::Upstreams;
-
-const DEADLINE: Duration = Duration::from_secs(30);
 use jwtgate::proxy::conns::Affinity;
 use jwtgate::proxy::upstream::ConnectTimeouts;
 use tokio::net::TcpListener;
+
+/// The upstream deadline of every request (jwtgate's default `timeout`).
+const DEADLINE: Duration = Duration::from_secs(30);
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
