@@ -91,3 +91,29 @@ async fn an_idle_keep_alive_connection_is_closed_30_s_after_its_last_response() 
     );
     assert_eq!(echo.requests(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_keep_alive_client_asking_every_20_s_keeps_its_connection() {
+    let (echo, gateway) = gateway().await;
+    let mut stream = TcpStream::connect(gateway.listen_addr()).await.unwrap();
+    let started = Instant::now();
+    for round in 1..=5 {
+        // Each request's head is timed from the end of the previous response, not from the
+        // start of the connection: 100 s in all, on one connection.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        stream
+            .write_all(b"GET /public/x HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !reply.ends_with(b"}") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert_ne!(n, 0, "closed in round {round}");
+            reply.extend_from_slice(&buf[..n]);
+        }
+        assert!(reply.starts_with(b"HTTP/1.1 200"), "round {round}");
+    }
+    assert!(started.elapsed() >= Duration::from_secs(100));
+    assert_eq!(echo.requests(), 5);
+}
