@@ -7,6 +7,7 @@
 
 pub mod drain;
 pub mod framing;
+pub mod timer;
 pub mod tls;
 
 use std::cell::{Cell, RefCell};
@@ -341,9 +342,9 @@ async fn serve_proxy(
     let drain = drain::Drain::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Slow-header clients (slowloris) lose their connection instead of holding it forever.
+    // Each connection gets a timer of its own (`serve`).
     builder
         .http1()
-        .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         // Heads over 64 KiB are refused (431) rather than followed by the framing watcher.
         .max_buf_size(framing::MAX_HEAD);
@@ -433,6 +434,10 @@ where
         affinity: Arc::default(),
     };
     let service = HyperService::new(service, info);
+    // The connection's own timer: one tokio timer for the header-read deadline of all its
+    // request heads (server::timer).
+    let mut builder = builder.clone();
+    builder.http1().timer(timer::ConnTimer::default());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     watch
         .run(conn.into_owned(), |conn| conn.graceful_shutdown())
