@@ -473,10 +473,40 @@ impl Decision {
 
     fn headers(&self) -> [(HeaderName, HeaderValue); 3] {
         [
-            (RATELIMIT_LIMIT, HeaderValue::from(self.limit)),
-            (RATELIMIT_REMAINING, HeaderValue::from(self.remaining)),
-            (RATELIMIT_RESET, HeaderValue::from(self.reset_secs)),
+            (RATELIMIT_LIMIT, number(self.limit.into())),
+            (RATELIMIT_REMAINING, number(self.remaining.into())),
+            (RATELIMIT_RESET, number(self.reset_secs)),
         ]
+    }
+}
+
+/// `000` to `999`, three digits each.
+static THREE_DIGITS: [u8; 3000] = {
+    let mut digits = [0u8; 3000];
+    let mut n = 0;
+    while n < 1000 {
+        digits[n * 3] = b'0' + (n / 100) as u8;
+        digits[n * 3 + 1] = b'0' + (n / 10 % 10) as u8;
+        digits[n * 3 + 2] = b'0' + (n % 10) as u8;
+        n += 1;
+    }
+    digits
+};
+
+/// `n` as a header value. Below 1,000 (most limits, what remains of them, and reset times)
+/// it points into a static table; `HeaderValue::from` allocates a buffer for every number,
+/// three per limited response.
+fn number(n: u64) -> HeaderValue {
+    let Ok(small) = usize::try_from(n) else {
+        return HeaderValue::from(n);
+    };
+    if small >= 1000 {
+        return HeaderValue::from(n);
+    }
+    let skip = usize::from(small < 100) + usize::from(small < 10);
+    match std::str::from_utf8(&THREE_DIGITS[small * 3 + skip..small * 3 + 3]) {
+        Ok(text) => HeaderValue::from_static(text),
+        Err(_) => HeaderValue::from(n),
     }
 }
 
@@ -648,6 +678,13 @@ where
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn numbers_are_written_as_decimal_header_values() {
+        for n in (0..=1500).chain([9_999, 1_000_000_000, u64::from(u32::MAX), u64::MAX]) {
+            assert_eq!(super::number(n), n.to_string().as_str(), "{n}");
+        }
+    }
+
     use std::collections::BTreeMap;
 
     use governor::clock::FakeRelativeClock;
