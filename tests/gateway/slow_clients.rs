@@ -68,20 +68,9 @@ async fn a_head_trickling_in_loses_its_connection_after_30_s() {
 async fn an_idle_keep_alive_connection_is_closed_30_s_after_its_last_response() {
     let (echo, gateway) = gateway().await;
     let mut stream = TcpStream::connect(gateway.listen_addr()).await.unwrap();
-    stream
-        .write_all(b"GET /public/x HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    let mut reply = Vec::new();
-    let mut buf = [0u8; 4096];
-    // The whole response: the echo upstream's JSON body ends with `}`.
-    while !reply.ends_with(b"}") {
-        let n = stream.read(&mut buf).await.unwrap();
-        assert_ne!(n, 0, "closed before the response ended");
-        reply.extend_from_slice(&buf[..n]);
-    }
-    assert!(reply.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(get(&mut stream).await, Some(200));
     let answered = Instant::now();
+    let mut buf = [0u8; 4096];
     let n = stream.read(&mut buf).await.unwrap_or(0);
     assert_eq!(n, 0, "{}", String::from_utf8_lossy(&buf[..n]));
     let idle = answered.elapsed();
@@ -101,19 +90,26 @@ async fn a_keep_alive_client_asking_every_20_s_keeps_its_connection() {
         // Each request's head is timed from the end of the previous response, not from the
         // start of the connection: 100 s in all, on one connection.
         tokio::time::sleep(Duration::from_secs(20)).await;
-        stream
-            .write_all(b"GET /public/x HTTP/1.1\r\nHost: a\r\n\r\n")
-            .await
-            .unwrap();
-        let mut reply = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !reply.ends_with(b"}") {
-            let n = stream.read(&mut buf).await.unwrap();
-            assert_ne!(n, 0, "closed in round {round}");
-            reply.extend_from_slice(&buf[..n]);
-        }
-        assert!(reply.starts_with(b"HTTP/1.1 200"), "round {round}");
+        assert_eq!(get(&mut stream).await, Some(200), "round {round}");
     }
     assert!(started.elapsed() >= Duration::from_secs(100));
     assert_eq!(echo.requests(), 5);
+}
+
+/// Sends `GET /public/x` on `stream` and reads the whole response: its status, or `None` if
+/// the connection closed first. The echo upstream's JSON body ends with `}`.
+async fn get(stream: &mut TcpStream) -> Option<u16> {
+    stream
+        .write_all(b"GET /public/x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .ok()?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !reply.ends_with(b"}") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => reply.extend_from_slice(&buf[..n]),
+        }
+    }
+    std::str::from_utf8(reply.get(9..12)?).ok()?.parse().ok()
 }
