@@ -497,17 +497,11 @@ static THREE_DIGITS: [u8; 3000] = {
 /// it points into a static table; `HeaderValue::from` allocates a buffer for every number,
 /// three per limited response.
 fn number(n: u64) -> HeaderValue {
-    let Ok(small) = usize::try_from(n) else {
-        return HeaderValue::from(n);
-    };
-    if small >= 1000 {
-        return HeaderValue::from(n);
-    }
-    let skip = usize::from(small < 100) + usize::from(small < 10);
-    match std::str::from_utf8(&THREE_DIGITS[small * 3 + skip..small * 3 + 3]) {
-        Ok(text) => HeaderValue::from_static(text),
-        Err(_) => HeaderValue::from(n),
-    }
+    let small = usize::try_from(n).ok().filter(|&n| n < 1000).and_then(|n| {
+        let skip = usize::from(n < 100) + usize::from(n < 10);
+        std::str::from_utf8(&THREE_DIGITS[n * 3 + skip..n * 3 + 3]).ok()
+    });
+    small.map_or_else(|| HeaderValue::from(n), HeaderValue::from_static)
 }
 
 /// The layer: 429 when the caller's bucket is empty; `RateLimit-*` on every limited response.
@@ -678,19 +672,19 @@ where
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn numbers_are_written_as_decimal_header_values() {
-        for n in (0..=1500).chain([9_999, 1_000_000_000, u64::from(u32::MAX), u64::MAX]) {
-            assert_eq!(super::number(n), n.to_string().as_str(), "{n}");
-        }
-    }
-
     use std::collections::BTreeMap;
 
     use governor::clock::FakeRelativeClock;
 
     use super::*;
     use crate::config::Config;
+
+    #[test]
+    fn numbers_are_written_as_decimal_header_values() {
+        for n in (0..=1500).chain([9_999, 1_000_000_000, u64::from(u32::MAX), u64::MAX]) {
+            assert_eq!(number(n), n.to_string().as_str(), "{n}");
+        }
+    }
 
     fn limits(toml: &str) -> RateLimits {
         Config::from_toml_str(&format!("[server]\nlisten = \"127.0.0.1:0\"\n{toml}"))
