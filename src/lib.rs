@@ -51,6 +51,7 @@ pub mod reject;
 pub mod reload;
 pub mod server;
 pub mod stack;
+pub mod timer;
 
 /// Locks a mutex, taking the data even if a thread panicked while holding it: every mutex in
 /// jwtgate guards plain values that stay consistent across a panic.

@@ -7,7 +7,6 @@
 
 pub mod drain;
 pub mod framing;
-pub mod timer;
 pub mod tls;
 
 use std::cell::{Cell, RefCell};
@@ -435,9 +434,9 @@ where
     };
     let service = HyperService::new(service, info);
     // The connection's own timer: one tokio timer for the header-read deadline of all its
-    // request heads (server::timer).
+    // request heads (crate::timer).
     let mut builder = builder.clone();
-    builder.http1().timer(timer::ConnTimer::default());
+    builder.http1().timer(crate::timer::ConnTimer::default());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     watch
         .run(conn.into_owned(), |conn| conn.graceful_shutdown())

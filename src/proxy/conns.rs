@@ -32,12 +32,13 @@ use hyper::client::conn::http1;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::time::{Instant as TokioInstant, Sleep};
+use tokio::time::Instant as TokioInstant;
 use tower::ServiceExt as _;
 
 use super::upstream::Connector;
 use crate::body::{Body, BoxError};
 use crate::config::Target;
+use crate::timer::Deadline;
 
 type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
 
@@ -109,36 +110,19 @@ struct Parked {
     /// Where it goes when its client connection ends (weak: the idle list holds connections).
     home: Weak<IdleList>,
     /// The deadline of the request under way: one timer for all the requests the connection
-    /// carries for one client connection. Moving a registered timer to a later deadline is an
-    /// atomic store; a timer per request would be registered in the runtime's timer wheel and
-    /// removed again each time.
-    timer: Option<Pin<Box<Sleep>>>,
+    /// carries for one client connection.
+    timer: Deadline,
 }
 
 impl Parked {
     fn go_home(mut self) {
         // The timer belongs to the runtime of the client connection that made it; the next
         // client connection may run on another worker.
-        self.timer = None;
+        self.timer = Deadline::default();
         if let Some(home) = self.home.upgrade() {
             home.put(self);
         }
     }
-
-    /// Sets the deadline of the next request.
-    fn arm(&mut self, deadline: TokioInstant) {
-        match &mut self.timer {
-            Some(timer) => timer.as_mut().reset(deadline),
-            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-        }
-    }
-}
-
-/// Whether the deadline armed has passed.
-fn expired(timer: &mut Option<Pin<Box<Sleep>>>, cx: &mut Context<'_>) -> bool {
-    timer
-        .as_mut()
-        .is_some_and(|timer| timer.as_mut().poll(cx).is_ready())
 }
 
 impl std::fmt::Debug for Parked {
@@ -177,9 +161,7 @@ impl Parked {
             }
             match self.sender.poll_ready(cx) {
                 Poll::Ready(r) => Poll::Ready(Ok(r.is_ok())),
-                Poll::Pending if expired(&mut self.timer, cx) => {
-                    Poll::Ready(Err(SendError::Timeout))
-                }
+                Poll::Pending if self.timer.passed(cx) => Poll::Ready(Err(SendError::Timeout)),
                 Poll::Pending => Poll::Pending,
             }
         })
@@ -221,7 +203,7 @@ impl Parked {
                     )),
                     None,
                 ))),
-                Poll::Pending if expired(timer, cx) => Poll::Ready(Err((SendError::Timeout, None))),
+                Poll::Pending if timer.passed(cx) => Poll::Ready(Err((SendError::Timeout, None))),
                 Poll::Pending => Poll::Pending,
             }
         })
@@ -355,7 +337,7 @@ impl Connections {
             done: false,
             idle_since: Instant::now(),
             home: Arc::downgrade(&self.idle),
-            timer: None,
+            timer: Deadline::default(),
         })
     }
 
@@ -377,7 +359,7 @@ impl Connections {
         let deadline = TokioInstant::now() + timeout;
         let reused = affinity.take(target).or_else(|| self.idle.take(target));
         if let Some(mut parked) = reused {
-            parked.arm(deadline);
+            parked.timer.aim(deadline);
             if parked.ready().await? {
                 match parked.send(req).await {
                     Ok(response) => return Ok(keep(response, parked, affinity)),
@@ -392,7 +374,7 @@ impl Connections {
         let mut parked = Box::pin(tokio::time::timeout_at(deadline, self.open(target)))
             .await
             .map_err(|_| SendError::Timeout)??;
-        parked.arm(deadline);
+        parked.timer.aim(deadline);
         match parked.send(req).await {
             Ok(response) => Ok(keep(response, parked, affinity)),
             Err((e, _)) => Err(e),

@@ -1,4 +1,6 @@
-//! hyper's timer for one client connection: every sleep it hands out shares one tokio timer.
+//! Timers moved from deadline to deadline instead of made anew: [`Deadline`], one tokio timer
+//! reused for successive deadlines (a carried upstream connection's response deadlines), and
+//! [`ConnTimer`], hyper's timer for one client connection, whose sleeps share one `Deadline`.
 //!
 //! hyper bounds each HTTP/1 request head with a header-read timeout (the slowloris defence,
 //! docs/decisions.md) and asks its timer for a new sleep at the start of every head, dropping
@@ -16,7 +18,34 @@ use std::time::{Duration, Instant};
 
 use tokio::time::Sleep;
 
-type Slot = Arc<Mutex<Option<Pin<Box<Sleep>>>>>;
+/// One tokio timer set for one deadline after another. Moving a registered timer to a later
+/// deadline is one atomic store; a timer per deadline is registered in the runtime's timer wheel
+/// and removed again each time. Made on first use, within the runtime that polls it.
+#[derive(Debug, Default)]
+pub struct Deadline(Option<Pin<Box<Sleep>>>);
+
+impl Deadline {
+    /// The timer, set for `deadline`.
+    pub fn aim(&mut self, deadline: tokio::time::Instant) -> Pin<&mut Sleep> {
+        let sleep = self
+            .0
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        sleep.as_mut()
+    }
+
+    /// Whether the deadline last aimed at has passed (never, if none was); registers `cx` to be
+    /// woken when it does.
+    pub fn passed(&mut self, cx: &mut Context<'_>) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready())
+    }
+}
+
+type Slot = Arc<Mutex<Deadline>>;
 
 /// The timer of one connection (give each connection its own).
 #[derive(Debug, Clone, Default)]
@@ -34,29 +63,14 @@ impl hyper::rt::Timer for ConnTimer {
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
         let deadline = tokio::time::Instant::from_std(deadline);
-        aim(
-            &mut self.0.lock().unwrap_or_else(PoisonError::into_inner),
-            deadline,
-        );
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .aim(deadline);
         Box::pin(ConnSleep {
             shared: self.0.clone(),
             deadline,
         })
-    }
-}
-
-/// The shared timer, set for `deadline` (made on first use, within the connection's runtime).
-fn aim(slot: &mut Option<Pin<Box<Sleep>>>, deadline: tokio::time::Instant) -> Pin<&mut Sleep> {
-    match slot {
-        Some(sleep) => {
-            if sleep.deadline() != deadline {
-                sleep.as_mut().reset(deadline);
-            }
-            sleep.as_mut()
-        }
-        None => slot
-            .insert(Box::pin(tokio::time::sleep_until(deadline)))
-            .as_mut(),
     }
 }
 
@@ -73,7 +87,7 @@ impl Future for ConnSleep {
         let mut slot = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
         // A later sleep of the same connection may have moved the timer; this one keeps its
         // own deadline.
-        aim(&mut slot, self.deadline).poll(cx)
+        slot.aim(self.deadline).poll(cx)
     }
 }
 
