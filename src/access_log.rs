@@ -1,7 +1,7 @@
 //! One structured access-log line per request (SPEC §6), and the per-request metrics.
 //!
-//! The layer is the outermost of the request path: it inserts a [`Record`] into the request's
-//! extensions, the layers below fill in what they learn (normalised path and route, subject,
+//! The layer is the outermost of the request path after the snapshot layer: it puts a
+//! [`Record`] into the request's context (`snapshot::RequestContext`), the layers below fill in what they learn (normalised path and route, subject,
 //! upstream target), and when the response leaves it writes one `tracing` event with target
 //! `jwtgate::access` and the fields method, path, route, status, latency_ms, subject, upstream
 //! and refusal. It never logs a header value or a query string, so neither a token nor a query
@@ -19,6 +19,7 @@ use tower::{Layer, Service};
 use crate::body::Body;
 use crate::metrics::{Metrics, ReasonLabel, RequestLabels, RouteLabel, status_class};
 use crate::reject::Refusal;
+use crate::snapshot::RequestContext;
 
 /// What the layers learn about a request, filled in as it travels (each field once). Each
 /// field shares what the request path holds anyway (no copy, nothing written out per request).
@@ -38,7 +39,7 @@ pub struct Record {
 impl Record {
     /// The record of a request, if the access-log layer is above.
     pub fn of<B>(req: &Request<B>) -> Option<&Arc<Record>> {
-        req.extensions().get::<Arc<Record>>()
+        RequestContext::of(req)?.record.as_ref()
     }
 }
 
@@ -85,7 +86,10 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let record = Arc::new(Record::default());
-        req.extensions_mut().insert(record.clone());
+        match RequestContext::of_mut(&mut req) {
+            Some(context) => context.record = Some(record.clone()),
+            None => tracing::error!("access log reached without a request context"),
+        }
         let method = req.method().clone();
         self.metrics.in_flight.inc();
         ResponseFuture {

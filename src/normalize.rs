@@ -21,7 +21,7 @@ use tower_http::validate_request::{ValidateRequest, ValidateRequestHeaderLayer};
 
 use crate::body::Body;
 use crate::reject::Reject;
-use crate::server::ConnInfo;
+use crate::snapshot::RequestContext;
 
 /// Why a path was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,9 +237,8 @@ pub fn request<B>(req: &mut Request<B>) -> Result<(), Reject> {
 /// some upstream would read differently.
 fn check_framing<B>(req: &Request<B>) -> Result<(), Reject> {
     // What hyper resolved silently, seen on the raw bytes (see `server::framing`).
-    if req
-        .extensions()
-        .get::<ConnInfo>()
+    if RequestContext::of(req)
+        .and_then(|c| c.conn.as_ref())
         .is_some_and(|c| c.framing.refuses(c.index))
     {
         return Err(Reject::BadFraming);

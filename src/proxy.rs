@@ -1,6 +1,6 @@
 //! SPEC §3 last step: forward the request to a target of the route's upstream (502 / 504).
 //!
-//! Requires the `RequestContext` with its route, and the connection's `ConnInfo`. Bodies stream
+//! Requires the `RequestContext` with its route (and the connection's details). Bodies stream
 //! in both directions: the request body is handed to the client as it arrives, and the
 //! upstream's body is handed back to hyper frame by frame; nothing is buffered whole.
 //!
@@ -33,7 +33,6 @@ use tower::Service;
 
 use crate::body::{self, Body};
 use crate::reject::Reject;
-use crate::server::ConnInfo;
 use crate::snapshot::{RequestContext, Snapshot};
 use upstream::{ConnectTimeouts, Connector};
 
@@ -158,6 +157,8 @@ impl Service<Request<Body>> for Forward {
 async fn forward(upstreams: &Upstreams, mut req: Request<Body>) -> Result<Response<Body>, Reject> {
     let Some(RequestContext {
         snapshot,
+        conn,
+        record,
         route: Some(route),
         identity,
     }) = req.extensions_mut().remove::<RequestContext>()
@@ -165,15 +166,11 @@ async fn forward(upstreams: &Upstreams, mut req: Request<Body>) -> Result<Respon
         tracing::error!("forward reached without a matched route");
         return Err(Reject::Internal);
     };
-    let conn = req
-        .extensions()
-        .get::<ConnInfo>()
-        .map(|c| (c.client_ip.clone(), c.tls, c.affinity.clone()));
     let Some(target) = route.upstream.next_target() else {
         return Err(Reject::UpstreamFailed);
     };
 
-    if let Some(record) = crate::access_log::Record::of(&req) {
+    if let Some(record) = &record {
         let _ = record.upstream.set(target.clone());
     }
     let path = upstream_path(&route.route, req.uri().path());
@@ -199,8 +196,8 @@ async fn forward(upstreams: &Upstreams, mut req: Request<Body>) -> Result<Respon
         .or_else(|| req.uri().authority().and_then(|a| a.as_str().parse().ok()));
     let loopback = HeaderValue::from_static("127.0.0.1");
     let origin = headers::Origin {
-        client_ip: conn.as_ref().map_or(&loopback, |(ip, _, _)| ip),
-        tls: conn.as_ref().is_some_and(|(_, tls, _)| *tls),
+        client_ip: conn.as_ref().map_or(&loopback, |c| &c.client_ip),
+        tls: conn.as_ref().is_some_and(|c| c.tls),
         host: host.as_ref(),
     };
     headers::prepare_request(
@@ -212,7 +209,7 @@ async fn forward(upstreams: &Upstreams, mut req: Request<Body>) -> Result<Respon
     // An HTTP/1.1 client connection carries its upstream connection along; h2 clients (many
     // requests at once on one connection) and WebSocket upgrades use the pool.
     let affinity = conn
-        .map(|(_, _, affinity)| affinity)
+        .map(|c| c.affinity)
         .filter(|_| !websocket && req.version() != Version::HTTP_2);
     // The client speaks HTTP/1.1 to upstreams whatever the client spoke to us.
     *req.version_mut() = Version::HTTP_11;

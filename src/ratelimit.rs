@@ -590,6 +590,7 @@ fn limited<B>(
         snapshot,
         route: Some(route),
         identity: Some(identity),
+        ..
     } = RequestContext::of(req)?
     else {
         return None;

@@ -31,7 +31,7 @@ use tower::ServiceExt as _;
 use crate::admin::Admin;
 use crate::body;
 use crate::config::Config;
-use crate::snapshot::{CompileError, Live, Shared};
+use crate::snapshot::{CompileError, Live, RequestContext, Shared};
 use crate::stack::{self, GatewayService};
 
 /// Request extension: what the gateway knows about the client connection.
@@ -239,7 +239,10 @@ impl Gateway {
         let proxy_task = tokio::spawn(serve_proxy(
             listener,
             tls.map(TlsAcceptor::from),
-            service,
+            Serving {
+                service,
+                live: live.clone(),
+            },
             shutdown_rx,
             grace,
             admin_state,
@@ -330,10 +333,18 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
         .map_err(|source| StartError::Bind { addr, source })
 }
 
+/// What each client connection serves: the request path, and the live configuration its
+/// requests' contexts load (the same one the stack's snapshot layer would).
+#[derive(Clone)]
+struct Serving {
+    service: GatewayService,
+    live: Live,
+}
+
 async fn serve_proxy(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    service: GatewayService,
+    serving: Serving,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
     admin: Arc<Admin>,
@@ -358,7 +369,7 @@ async fn serve_proxy(
                         stream,
                         remote,
                         tls.clone(),
-                        service.clone(),
+                        serving.clone(),
                         drain.watch(),
                     ));
                 }
@@ -385,15 +396,15 @@ async fn connection(
     stream: TcpStream,
     remote: SocketAddr,
     tls: Option<TlsAcceptor>,
-    service: GatewayService,
+    serving: Serving,
     watch: drain::Watch,
 ) {
     let _ = stream.set_nodelay(true);
     let result = match tls {
-        None => serve(&builder, stream, remote, false, service, watch).await,
+        None => serve(&builder, stream, remote, false, serving, watch).await,
         Some(acceptor) => {
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => serve(&builder, stream, remote, true, service, watch).await,
+                Ok(Ok(stream)) => serve(&builder, stream, remote, true, serving, watch).await,
                 Ok(Err(e)) => {
                     tracing::debug!(%remote, error = %e, "TLS handshake failed");
                     return;
@@ -416,7 +427,7 @@ async fn serve<IO>(
     stream: IO,
     remote: SocketAddr,
     tls: bool,
-    service: GatewayService,
+    serving: Serving,
     watch: drain::Watch,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
@@ -432,7 +443,7 @@ where
         index: 0,
         affinity: Arc::default(),
     };
-    let service = HyperService::new(service, info);
+    let service = HyperService::new(serving.service, serving.live, info);
     // The connection's own timer: one tokio timer for the header-read deadline of all its
     // request heads (crate::timer).
     let mut builder = builder.clone();
@@ -443,8 +454,9 @@ where
         .await
 }
 
-/// Adapts the tower stack to hyper: boxes the body and records the connection's details,
-/// numbering requests in the order hyper hands them over.
+/// Adapts the tower stack to hyper: boxes the body and starts the request's context with the
+/// configuration in force and the connection's details, numbering requests in the order hyper
+/// hands them over.
 ///
 /// hyper calls a service by `&self`, tower by `&mut self`; the usual bridge clones the stack for
 /// every request (one allocation and a reference count per layer). The stack is instead called
@@ -453,14 +465,16 @@ where
 #[derive(Debug)]
 struct HyperService {
     service: RefCell<GatewayService>,
+    live: Live,
     info: ConnInfo,
     next_index: Cell<u64>,
 }
 
 impl HyperService {
-    fn new(service: GatewayService, info: ConnInfo) -> HyperService {
+    fn new(service: GatewayService, live: Live, info: ConnInfo) -> HyperService {
         HyperService {
             service: RefCell::new(service),
+            live,
             info,
             next_index: Cell::new(0),
         }
@@ -479,7 +493,9 @@ impl hyper::service::Service<Request<Incoming>> for HyperService {
         let mut info = self.info.clone();
         info.index = self.next_index.get();
         self.next_index.set(info.index + 1);
-        req.extensions_mut().insert(info);
+        // The request's one extension: the snapshot layer finds it in place.
+        req.extensions_mut()
+            .insert(RequestContext::new(&self.live, Some(info)));
         // hyper never calls a connection's service from within a call, so this borrow is the
         // only one.
         let mut service = self.service.borrow_mut();
@@ -546,7 +562,9 @@ mod tests {
         }
 
         fn call(&mut self, req: Request<body::Body>) -> Self::Future {
-            let index = req.extensions().get::<ConnInfo>().map_or(99, |c| c.index);
+            let index = RequestContext::of(&req)
+                .and_then(|c| c.conn.as_ref())
+                .map_or(99, |c| c.index);
             let response = Response::builder()
                 .header("x-index", index)
                 .body(body::empty())
@@ -571,8 +589,16 @@ mod tests {
             index: 0,
             affinity: Arc::default(),
         };
-        let server = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(server_io), HyperService::new(stack, info));
+        let config =
+            crate::config::Config::from_toml_str("[server]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+        let live: Live = Arc::new(ArcSwap::from_pointee(crate::snapshot::Snapshot::new(
+            Arc::new(config),
+            None,
+        )));
+        let server = hyper::server::conn::http1::Builder::new().serve_connection(
+            TokioIo::new(server_io),
+            HyperService::new(stack, live, info),
+        );
         tokio::spawn(server);
         let (mut sender, conn) = client::handshake(TokioIo::new(client_io)).await.unwrap();
         tokio::spawn(conn);

@@ -1,9 +1,9 @@
 //! One configuration compiled for serving, the live holder that reloads swap, and the state
 //! that outlives configurations.
 //!
-//! A request loads the live [`Snapshot`] once (in an outer layer) and carries the
-//! `Arc<Snapshot>` in its [`RequestContext`] extension, so a reload in the middle of a request never mixes two
-//! configurations (STYLE rule 8). [`Shared`] keeps what must survive a reload: the upstream
+//! A request loads the live [`Snapshot`] once (when hyper hands it over, or in the outermost
+//! layer) and carries the `Arc<Snapshot>` in its [`RequestContext`] extension, so a reload in
+//! the middle of a request never mixes two configurations (STYLE rule 8). [`Shared`] keeps what must survive a reload: the upstream
 //! client, the issuer's keys, limiter buckets of unchanged limits, and the metrics.
 
 use std::collections::BTreeMap;
@@ -14,6 +14,7 @@ use http::Request;
 use tokio::task::JoinHandle;
 use tower::util::MapRequestLayer;
 
+use crate::access_log::Record;
 use crate::auth::Authenticator;
 use crate::auth::jwks::KeyCache;
 use crate::auth::validate::Identity;
@@ -25,6 +26,7 @@ use crate::proxy::upstream::{ConnectTimeouts, UpstreamPool};
 use crate::ratelimit::RateLimiter;
 use crate::ratelimit::remote::Remote;
 use crate::route::{CompiledRoute, RouteTable};
+use crate::server::ConnInfo;
 
 /// A validated configuration, compiled: route table, upstream pools, token checks, limits.
 #[derive(Debug)]
@@ -203,14 +205,20 @@ impl Shared {
     }
 }
 
-/// Request extension: what the request path knows about a request so far. The snapshot layer
-/// inserts it with the configuration in force; routing fills in the route, authentication the
-/// identity. One extension rather than one per item: every insert into a request's extension
-/// map boxes its value, and the fourth grows the map (docs/performance.md).
+/// Request extension: what the request path knows about a request so far. hyper's service
+/// inserts it with the configuration in force and the connection's details, before the stack
+/// runs (the snapshot layer inserts it instead when the stack is called without a connection);
+/// the access log adds its record, routing fills in the route, authentication the identity.
+/// One extension rather than one per item: every insert into a request's extension map boxes
+/// its value, and the first allocates the map (docs/performance.md).
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     /// The configuration in force for this request: one request sees one configuration.
     pub snapshot: Arc<Snapshot>,
+    /// The client connection the request came on (none when the stack is called directly).
+    pub conn: Option<ConnInfo>,
+    /// The access-log record (set by the access log).
+    pub record: Option<Arc<Record>>,
     /// The route matched (set by routing).
     pub route: Option<Arc<CompiledRoute>>,
     /// The verified identity (set by authentication, on protected routes).
@@ -218,6 +226,17 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
+    /// The context of a request arriving now, on `conn` if it came on a connection.
+    pub fn new(live: &Live, conn: Option<ConnInfo>) -> RequestContext {
+        RequestContext {
+            snapshot: live.load_full(),
+            conn,
+            record: None,
+            route: None,
+            identity: None,
+        }
+    }
+
     /// The context of a request that went through the snapshot layer.
     pub fn of<B>(req: &Request<B>) -> Option<&RequestContext> {
         req.extensions().get::<RequestContext>()
@@ -229,14 +248,14 @@ impl RequestContext {
     }
 }
 
-/// The layer: inserts a [`RequestContext`] with the snapshot in force.
+/// The layer: inserts a [`RequestContext`] with the snapshot in force, unless hyper's service
+/// already did (it does for every request that comes on a connection).
 pub fn layer<B>(live: Live) -> MapRequestLayer<impl Fn(Request<B>) -> Request<B> + Clone> {
     MapRequestLayer::new(move |mut req: Request<B>| {
-        req.extensions_mut().insert(RequestContext {
-            snapshot: live.load_full(),
-            route: None,
-            identity: None,
-        });
+        if RequestContext::of(&req).is_none() {
+            req.extensions_mut()
+                .insert(RequestContext::new(&live, None));
+        }
         req
     })
 }

@@ -28,10 +28,11 @@ pub fn build(live: Live, upstreams: Upstreams, metrics: Arc<Metrics>) -> Gateway
     let service = ServiceBuilder::new()
         // Outermost: mark the bearer token sensitive before anything can log the request.
         .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION]))
+        // Load the configuration in force once, so one request sees one configuration (hyper's
+        // service has already done so for requests from a connection; server::HyperService).
+        .layer(snapshot::layer(live))
         // Every request gets one access-log line and its metrics, whatever happens below.
         .layer(access_log::layer(metrics))
-        // Load the configuration in force once, so one request sees one configuration.
-        .layer(snapshot::layer(live))
         // SPEC §3 step 1, before routing, so routes are matched on the normalised path; also
         // refuses ambiguous framing before any other layer looks at the request.
         .layer(normalize::layer())
