@@ -1,5 +1,6 @@
 //! TLS termination with a certificate generated in the test: HTTP/1.1 and h2 over TLS, ALPN,
-//! and clear errors for unusable certificate files.
+//! and clear errors for unusable certificate files; TLS towards upstreams: an untrusted
+//! certificate refused, a silent handshake bounded by the route's timeout.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,6 +14,8 @@ use jwtgate::server::{Gateway, StartError};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+
+use crate::support::{Harness, silent_upstream};
 
 struct Pem {
     cert: PathBuf,
@@ -36,22 +39,22 @@ fn write_cert(dir: &Path, name: &str) -> Pem {
 }
 
 fn tls_config(echo: &EchoServer, cert: &Path, key: &Path) -> Config {
+    tls_config_routing(
+        cert,
+        key,
+        &format!(
+            "[upstreams.echo]\ntargets = [\"http://{}\"]\n[[routes]]\npath = \"/\"\nupstream = \"echo\"\npublic = true\n",
+            echo.addr()
+        ),
+    )
+}
+
+/// A TLS gateway with `routes` (upstreams and routes) after its `[server]` table.
+fn tls_config_routing(cert: &Path, key: &Path, routes: &str) -> Config {
     let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-tls_cert = "{}"
-tls_key = "{}"
-[upstreams.echo]
-targets = ["http://{}"]
-[[routes]]
-path = "/"
-upstream = "echo"
-public = true
-"#,
+        "[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n{routes}",
         cert.display(),
         key.display(),
-        echo.addr()
     );
     Config::from_toml_str(&text).unwrap()
 }
@@ -146,6 +149,89 @@ async fn h2_is_negotiated_by_alpn_and_forwarded_as_http_1_1() {
         Some("localhost".into()),
         "the :authority became Host"
     );
+}
+
+/// h2 clients' requests go through the pooled client, not a carried connection: its wait for
+/// the response head is bounded by the route's `timeout` too.
+#[tokio::test]
+async fn an_h2_request_to_a_silent_upstream_is_a_504_after_its_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = write_cert(dir.path(), "gw");
+    let (silent, _task) = silent_upstream().await;
+    let gateway = Gateway::start(tls_config_routing(
+        &pem.cert,
+        &pem.key,
+        &format!(
+            "[upstreams.slow]\ntargets = [\"http://{silent}\"]\ntimeout = \"300ms\"\n[[routes]]\npath = \"/slow\"\nupstream = \"slow\"\npublic = true\n"
+        ),
+    ))
+    .await
+    .unwrap();
+
+    let tls = connect(&gateway, &pem.der, b"h2").await;
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let response = within(
+        send.send_request(
+            Request::get("https://localhost/slow")
+                .body(body::empty())
+                .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 504);
+    assert_eq!(echo_doc(response).await["error"], "gateway_timeout");
+}
+
+/// Upstream TLS is verified against the system's roots: an https upstream whose certificate
+/// nothing trusted signed (here a second, TLS-terminating gateway with a self-signed one, in
+/// front of an echo server) is a 502, and the request never reaches it.
+#[tokio::test]
+async fn an_https_upstream_with_an_untrusted_certificate_gets_no_request_502() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = write_cert(dir.path(), "upstream");
+    let echo = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let upstream = Gateway::start(tls_config(&echo, &pem.cert, &pem.key))
+        .await
+        .unwrap();
+    let h = Harness::with(&format!(
+        "[upstreams.tls]\ntargets = [\"https://{}\"]\n[[routes]]\npath = \"/tls\"\nupstream = \"tls\"\npublic = true\n",
+        upstream.listen_addr()
+    ))
+    .await;
+    let r = h.get("/tls").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["error"], "bad_gateway");
+    assert_eq!(
+        echo.requests(),
+        0,
+        "the request went past an untrusted certificate"
+    );
+}
+
+/// Opening a connection counts against the route's `timeout`: an https upstream that accepts
+/// the TCP connection and never answers the TLS handshake is a 504 when the timeout ends.
+#[tokio::test]
+async fn an_https_upstream_silent_in_its_handshake_is_a_504_after_its_timeout() {
+    let (silent, _task) = silent_upstream().await;
+    let h = Harness::with(&format!(
+        "[upstreams.slow]\ntargets = [\"https://{silent}\"]\ntimeout = \"300ms\"\n[[routes]]\npath = \"/slow\"\nupstream = \"slow\"\npublic = true\n"
+    ))
+    .await;
+    let r = within(h.get("/slow")).await;
+    assert_eq!(r.status, 504);
+    assert_eq!(r.json()["error"], "gateway_timeout");
+}
+
+/// Fails, rather than hangs, a test whose wait the gateway does not bound.
+async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(std::time::Duration::from_secs(30), f)
+        .await
+        .expect("no answer within 30 s")
 }
 
 #[tokio::test]
