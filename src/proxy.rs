@@ -154,6 +154,9 @@ impl Service<Request<Body>> for Forward {
     }
 }
 
+/// The client address of a request that came on no connection (the stack called directly).
+static LOOPBACK: HeaderValue = HeaderValue::from_static("127.0.0.1");
+
 async fn forward(upstreams: &Upstreams, mut req: Request<Body>) -> Result<Response<Body>, Reject> {
     let Some(RequestContext {
         snapshot,
@@ -181,12 +184,11 @@ async fn forward(upstreams: &Upstreams, mut req: Request<Body>) -> Result<Respon
         (_, None) => PathAndQuery::try_from(path.to_owned()),
     }
     .map_err(|_| Reject::Internal)?;
-    let uri = Uri::builder()
-        .scheme(target.scheme.clone())
-        .authority(target.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| Reject::Internal)?;
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(target.scheme.clone());
+    parts.authority = Some(target.authority.clone());
+    parts.path_and_query = Some(pq);
+    let uri = Uri::from_parts(parts).map_err(|_| Reject::Internal)?;
 
     let websocket = headers::is_websocket_upgrade(&req);
     let host = req
@@ -194,9 +196,8 @@ async fn forward(upstreams: &Upstreams, mut req: Request<Body>) -> Result<Respon
         .get(HOST)
         .cloned()
         .or_else(|| req.uri().authority().and_then(|a| a.as_str().parse().ok()));
-    let loopback = HeaderValue::from_static("127.0.0.1");
     let origin = headers::Origin {
-        client_ip: conn.as_ref().map_or(&loopback, |c| &c.client_ip),
+        client_ip: conn.as_ref().map_or(&LOOPBACK, |c| &c.client_ip),
         tls: conn.as_ref().is_some_and(|c| c.tls),
         host: host.as_ref(),
     };

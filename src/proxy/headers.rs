@@ -47,21 +47,29 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The header names the `Connection` header lists (none, mostly: then nothing is allocated).
 fn nominated(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .get_all(CONNECTION)
+    let connection = headers.get_all(CONNECTION);
+    // Nearly every message has no `Connection` header, or one with a single usual option (an
+    // upstream's `keep-alive`): answered without splitting and trimming the value.
+    if connection.iter().all(|v| names_no_header(v.as_bytes())) {
+        return Vec::new();
+    }
+    connection
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        // The usual options name no other header (`keep-alive` and `upgrade` go anyway);
-        // skipping them saves making a header name for every upstream response.
-        .filter(|t| {
-            !["keep-alive", "close", "upgrade"]
-                .iter()
-                .any(|o| t.eq_ignore_ascii_case(o))
-        })
+        .filter(|t| !names_no_header(t.as_bytes()))
         .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect()
+}
+
+/// Whether a `Connection` option is one of the usual ones, which name no other header
+/// (`keep-alive` and `upgrade` go anyway); skipping them saves making a header name for every
+/// upstream response.
+fn names_no_header(option: &[u8]) -> bool {
+    [&b"keep-alive"[..], b"close", b"upgrade"]
+        .iter()
+        .any(|o| option.eq_ignore_ascii_case(o))
 }
 
 /// Removes every header whose name `doomed` picks, looking at each name present: a request
