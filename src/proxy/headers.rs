@@ -75,11 +75,20 @@ fn names_no_header(option: &[u8]) -> bool {
 /// Removes every header whose name `doomed` picks, looking at each name present: a request
 /// has a handful of headers and the lists of names to remove are longer, so this costs a
 /// fraction of removing each listed name (every removal hashes its name). One removal at a
-/// time, starting the walk again after each: mostly there is none or one, and no list of names
-/// is allocated.
+/// time, walking again only when a walk found more than one: mostly there is none or one (a
+/// request's `Authorization`, a response's `Connection`), and no list of names is allocated.
+/// `doomed` sees every name present at least once.
 fn remove_where(headers: &mut HeaderMap, mut doomed: impl FnMut(&HeaderName) -> bool) {
-    while let Some(name) = headers.keys().find(|name| doomed(name)).cloned() {
+    loop {
+        let mut found = headers.keys().filter(|name| doomed(name));
+        let Some(name) = found.next().cloned() else {
+            return;
+        };
+        let more = found.next().is_some();
         headers.remove(name);
+        if !more {
+            return;
+        }
     }
 }
 
@@ -117,6 +126,8 @@ pub struct Origin<'a> {
     pub tls: bool,
     /// `Host` (HTTP/1) or `:authority` (HTTP/2) of the request, if any.
     pub host: Option<&'a HeaderValue>,
+    /// Whether `host` is the request's own `Host` header (which then stays where it is).
+    pub host_sent: bool,
 }
 
 /// Rewrites request headers for the upstream: hygiene first, then the gateway's own headers,
@@ -129,7 +140,10 @@ pub fn prepare_request(
 ) {
     let host = origin.host.cloned();
     let nominated = nominated(headers);
+    // Whether the client sent `X-Forwarded-For` (mostly not: then it is not looked up again).
+    let mut forwarded_for = false;
     remove_where(headers, |name| {
+        forwarded_for |= name == X_FORWARDED_FOR;
         is_hop_by_hop(name)
             || nominated.contains(name)
             // Identity headers are the gateway's to write: whatever a client sent under those
@@ -139,11 +153,15 @@ pub fn prepare_request(
     });
     // Append to the chain the client sent, as nginx's $proxy_add_x_forwarded_for does: the
     // right-most entry is the one this gateway vouches for.
-    let chain: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
+    let chain: Vec<&str> = if forwarded_for {
+        headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
     if chain.is_empty() {
         headers.insert(X_FORWARDED_FOR, origin.client_ip.clone());
     } else {
@@ -161,8 +179,10 @@ pub fn prepare_request(
             headers.insert(X_FORWARDED_HOST, h.clone());
             // HTTP/2 clients send `:authority` instead of `Host`; an HTTP/1.1 upstream needs it.
             // A `Host` the client sent is this same value (more than one was refused as
-            // ambiguous framing), so it stays as it is.
-            if let Entry::Vacant(slot) = headers.entry(HOST) {
+            // ambiguous framing), so it stays as it is, unless the client listed it in
+            // `Connection`.
+            let kept = origin.host_sent && !nominated.contains(&HOST);
+            if !kept && let Entry::Vacant(slot) = headers.entry(HOST) {
                 slot.insert(h);
             }
         }
@@ -191,6 +211,7 @@ mod tests {
             client_ip: &CLIENT,
             tls: false,
             host,
+            host_sent: false,
         }
     }
 
@@ -242,6 +263,26 @@ mod tests {
         assert_eq!(h[X_FORWARDED_HOST], "api.example");
         assert_eq!(h[HOST], "api.example");
         assert!(!h.contains_key(AUTHORIZATION));
+    }
+
+    #[test]
+    fn the_clients_host_stays_even_when_it_lists_it_in_connection() {
+        let host = HeaderValue::from_static("api.example");
+        for connection in [None, Some("host"), Some("keep-alive, Host")] {
+            let mut h = HeaderMap::new();
+            h.insert(HOST, host.clone());
+            if let Some(c) = connection {
+                h.insert(CONNECTION, HeaderValue::from_static(c));
+            }
+            let origin = Origin {
+                host_sent: true,
+                ..origin(Some(&host))
+            };
+            prepare_request(&mut h, origin, &forward(false), None);
+            assert_eq!(h.get_all(HOST).iter().count(), 1, "{connection:?}: {h:?}");
+            assert_eq!(h[HOST], "api.example", "{connection:?}");
+            assert!(!h.contains_key(CONNECTION));
+        }
     }
 
     #[test]
