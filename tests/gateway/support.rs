@@ -255,12 +255,17 @@ pub(crate) fn client() -> Client<HttpConnector, Body> {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// Fails, rather than hangs, a test that waits on something the gateway should bound (a timer
+/// left at an hour would otherwise hang the test rather than fail it).
+pub(crate) async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .expect("no answer within 30 s")
+}
+
 /// Sends `req` and reads the whole response.
 pub(crate) async fn send(client: &Client<HttpConnector, Body>, req: Request<Body>) -> Reply {
-    let response: Response<_> = tokio::time::timeout(Duration::from_secs(30), client.request(req))
-        .await
-        .expect("no response within 30s")
-        .expect("request failed");
+    let response: Response<_> = within(client.request(req)).await.expect("request failed");
     let (parts, b) = response.into_parts();
     let body = b.collect().await.expect("response body").to_bytes();
     Reply {

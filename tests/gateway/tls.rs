@@ -1,6 +1,6 @@
 //! TLS termination with a certificate generated in the test: HTTP/1.1 and h2 over TLS, ALPN,
 //! and clear errors for unusable certificate files; TLS towards upstreams: an untrusted
-//! certificate refused, a silent handshake bounded by the route's timeout.
+//! certificate refused (a silent handshake: forward.rs).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::support::{Harness, silent_upstream};
+use crate::support::{Harness, silent_upstream, within};
 
 struct Pem {
     cert: PathBuf,
@@ -59,6 +59,31 @@ fn tls_config_routing(cert: &Path, key: &Path, routes: &str) -> Config {
     Config::from_toml_str(&text).unwrap()
 }
 
+/// A TLS-terminating gateway with a fresh self-signed certificate, in front of an echo server.
+struct TlsGateway {
+    gateway: Gateway,
+    echo: EchoServer,
+    pem: Pem,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsGateway {
+    async fn start() -> TlsGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = write_cert(dir.path(), "gw");
+        let echo = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+        let gateway = Gateway::start(tls_config(&echo, &pem.cert, &pem.key))
+            .await
+            .unwrap();
+        TlsGateway {
+            gateway,
+            echo,
+            pem,
+            _dir: dir,
+        }
+    }
+}
+
 async fn connect(
     gateway: &Gateway,
     trust: &CertificateDer<'static>,
@@ -82,12 +107,13 @@ async fn connect(
 
 #[tokio::test]
 async fn https_with_http_1_1_reaches_the_upstream_marked_as_https() {
-    let dir = tempfile::tempdir().unwrap();
-    let pem = write_cert(dir.path(), "gw");
-    let echo = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let gateway = Gateway::start(tls_config(&echo, &pem.cert, &pem.key))
-        .await
-        .unwrap();
+    // The echo server runs as long as it is held.
+    let TlsGateway {
+        gateway,
+        echo: _echo,
+        pem,
+        ..
+    } = TlsGateway::start().await;
 
     let tls = connect(&gateway, &pem.der, b"http/1.1").await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
@@ -115,12 +141,13 @@ async fn https_with_http_1_1_reaches_the_upstream_marked_as_https() {
 
 #[tokio::test]
 async fn h2_is_negotiated_by_alpn_and_forwarded_as_http_1_1() {
-    let dir = tempfile::tempdir().unwrap();
-    let pem = write_cert(dir.path(), "gw");
-    let echo = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let gateway = Gateway::start(tls_config(&echo, &pem.cert, &pem.key))
-        .await
-        .unwrap();
+    // The echo server runs as long as it is held.
+    let TlsGateway {
+        gateway,
+        echo: _echo,
+        pem,
+        ..
+    } = TlsGateway::start().await;
 
     let tls = connect(&gateway, &pem.der, b"h2").await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
@@ -192,12 +219,11 @@ async fn an_h2_request_to_a_silent_upstream_is_a_504_after_its_timeout() {
 /// front of an echo server) is a 502, and the request never reaches it.
 #[tokio::test]
 async fn an_https_upstream_with_an_untrusted_certificate_gets_no_request_502() {
-    let dir = tempfile::tempdir().unwrap();
-    let pem = write_cert(dir.path(), "upstream");
-    let echo = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let upstream = Gateway::start(tls_config(&echo, &pem.cert, &pem.key))
-        .await
-        .unwrap();
+    let TlsGateway {
+        gateway: upstream,
+        echo,
+        ..
+    } = TlsGateway::start().await;
     let h = Harness::with(&format!(
         "[upstreams.tls]\ntargets = [\"https://{}\"]\n[[routes]]\npath = \"/tls\"\nupstream = \"tls\"\npublic = true\n",
         upstream.listen_addr()
@@ -211,27 +237,6 @@ async fn an_https_upstream_with_an_untrusted_certificate_gets_no_request_502() {
         0,
         "the request went past an untrusted certificate"
     );
-}
-
-/// Opening a connection counts against the route's `timeout`: an https upstream that accepts
-/// the TCP connection and never answers the TLS handshake is a 504 when the timeout ends.
-#[tokio::test]
-async fn an_https_upstream_silent_in_its_handshake_is_a_504_after_its_timeout() {
-    let (silent, _task) = silent_upstream().await;
-    let h = Harness::with(&format!(
-        "[upstreams.slow]\ntargets = [\"https://{silent}\"]\ntimeout = \"300ms\"\n[[routes]]\npath = \"/slow\"\nupstream = \"slow\"\npublic = true\n"
-    ))
-    .await;
-    let r = within(h.get("/slow")).await;
-    assert_eq!(r.status, 504);
-    assert_eq!(r.json()["error"], "gateway_timeout");
-}
-
-/// Fails, rather than hangs, a test whose wait the gateway does not bound.
-async fn within<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(std::time::Duration::from_secs(30), f)
-        .await
-        .expect("no answer within 30 s")
 }
 
 #[tokio::test]

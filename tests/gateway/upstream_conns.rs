@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::support::{Harness, raw, raw_status};
+use crate::support::{Harness, raw, raw_status, within};
 
 /// One client connection to `addr`, kept open for several requests in turn.
 struct KeepAlive(http1::SendRequest<Body>);
@@ -244,14 +244,6 @@ async fn read_head(s: &mut TcpStream) {
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
     }
-}
-
-/// Without a deadline in the test's own hands, a timer left at an hour would hang the test
-/// rather than fail it.
-async fn within<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(std::time::Duration::from_secs(30), f)
-        .await
-        .expect("no answer within 30 s")
 }
 
 /// An upstream that answers the first request on each connection with `ok` and never answers
