@@ -1,10 +1,10 @@
 //! One structured access-log line per request (SPEC §6), and the per-request metrics.
 //!
 //! The layer is the outermost of the request path after the snapshot layer: it puts a
-//! [`Record`] into the request's context (`snapshot::RequestContext`), the layers below fill in what they learn (normalised path and route, subject,
-//! upstream target), and when the response leaves it writes one `tracing` event with target
-//! `jwtgate::access` and the fields method, path, route, status, latency_ms, subject, upstream
-//! and refusal. It never logs a header value or a query string, so neither a token nor a query
+//! [`Record`] into the request's context (`snapshot::RequestContext`), the layers below fill in
+//! what they learn (normalised path and route, subject, upstream target), and when the response
+//! leaves it writes one `tracing` event with target `jwtgate::access` and the fields method,
+//! path, route, status, latency_ms, subject, upstream and refusal. It never logs a header value or a query string, so neither a token nor a query
 //! parameter can reach the log.
 
 use std::future::Future;

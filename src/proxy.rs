@@ -191,9 +191,9 @@ async fn forward(upstreams: &Upstreams, mut req: Request<Body>) -> Result<Respon
     let uri = Uri::from_parts(parts).map_err(|_| Reject::Internal)?;
 
     let websocket = headers::is_websocket_upgrade(&req);
-    let sent_host = req.headers().get(HOST).cloned();
-    let host_sent = sent_host.is_some();
-    let host = sent_host.or_else(|| req.uri().authority().and_then(|a| a.as_str().parse().ok()));
+    let host_header = req.headers().get(HOST).cloned();
+    let host_sent = host_header.is_some();
+    let host = host_header.or_else(|| req.uri().authority().and_then(|a| a.as_str().parse().ok()));
     let origin = headers::Origin {
         client_ip: conn.as_ref().map_or(&LOOPBACK, |c| &c.client_ip),
         tls: conn.as_ref().is_some_and(|c| c.tls),

@@ -34,7 +34,8 @@ use crate::config::Config;
 use crate::snapshot::{CompileError, Live, RequestContext, Shared};
 use crate::stack::{self, GatewayService};
 
-/// Request extension: what the gateway knows about the client connection.
+/// What the gateway knows about the client connection (each request's `RequestContext` holds
+/// a copy).
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// The peer's address.

@@ -3,8 +3,9 @@
 //!
 //! A request loads the live [`Snapshot`] once (when hyper hands it over, or in the outermost
 //! layer) and carries the `Arc<Snapshot>` in its [`RequestContext`] extension, so a reload in
-//! the middle of a request never mixes two configurations (STYLE rule 8). [`Shared`] keeps what must survive a reload: the upstream
-//! client, the issuer's keys, limiter buckets of unchanged limits, and the metrics.
+//! the middle of a request never mixes two configurations (STYLE rule 8). [`Shared`] keeps what
+//! must survive a reload: the upstream client, the issuer's keys, limiter buckets of unchanged
+//! limits, and the metrics.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
