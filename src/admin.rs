@@ -100,13 +100,7 @@ const METRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use arc_swap::ArcSwap;
-
     use super::*;
-    use crate::config::Config;
-    use crate::snapshot::Snapshot;
 
     fn get(path: &str) -> Request<()> {
         Request::get(path).body(()).unwrap()
@@ -114,9 +108,7 @@ mod tests {
 
     #[test]
     fn readyz_turns_unavailable_when_draining_and_healthz_stays_ok() {
-        let config = Config::from_toml_str("[server]\nlisten = \"127.0.0.1:0\"\n").unwrap();
-        let live: Live = Arc::new(ArcSwap::from_pointee(Snapshot::new(Arc::new(config), None)));
-        let admin = Admin::new(live);
+        let admin = Admin::new(crate::snapshot::empty_live());
         assert_eq!(admin.respond(&get("/readyz")).status(), StatusCode::OK);
         admin.start_draining();
         assert_eq!(

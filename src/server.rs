@@ -590,12 +590,7 @@ mod tests {
             index: 0,
             affinity: Arc::default(),
         };
-        let config =
-            crate::config::Config::from_toml_str("[server]\nlisten = \"127.0.0.1:0\"\n").unwrap();
-        let live: Live = Arc::new(ArcSwap::from_pointee(crate::snapshot::Snapshot::new(
-            Arc::new(config),
-            None,
-        )));
+        let live = crate::snapshot::empty_live();
         let server = hyper::server::conn::http1::Builder::new().serve_connection(
             TokioIo::new(server_io),
             HyperService::new(stack, live, info),

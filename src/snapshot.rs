@@ -226,6 +226,13 @@ pub struct RequestContext {
     pub identity: Option<Arc<Identity>>,
 }
 
+/// A live configuration with no routes, upstreams or `[okta]` (for unit tests that need one).
+#[cfg(test)]
+pub(crate) fn empty_live() -> Live {
+    let config = Config::from_toml_str("[server]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    Arc::new(ArcSwap::from_pointee(Snapshot::new(Arc::new(config), None)))
+}
+
 impl RequestContext {
     /// The context of a request arriving now, on `conn` if it came on a connection.
     pub fn new(live: &Live, conn: Option<ConnInfo>) -> RequestContext {
