@@ -1,11 +1,11 @@
 //! One structured access-log line per request (SPEC §6), and the per-request metrics.
 //!
-//! The layer is the outermost of the request path after the snapshot layer: it puts a
-//! [`Record`] into the request's context (`snapshot::RequestContext`), the layers below fill in
-//! what they learn (normalised path and route, subject, upstream target), and when the response
-//! leaves it writes one `tracing` event with target `jwtgate::access` and the fields method,
-//! path, route, status, latency_ms, subject, upstream and refusal. It never logs a header value or a query string, so neither a token nor a query
-//! parameter can reach the log.
+//! The layer is the outermost of the request path after the snapshot layer: it keeps the
+//! [`Record`] of the request's context (`snapshot::RequestContext`), which the layers below fill
+//! in (normalised path and route, subject, upstream target), and when the response leaves it
+//! writes one `tracing` event with target `jwtgate::access` and the fields method, path, route,
+//! status, latency_ms, subject, upstream and refusal. It never logs a header value or a query
+//! string, so neither a token nor a query parameter can reach the log.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,8 +21,9 @@ use crate::metrics::{Metrics, ReasonLabel, RequestLabels, RouteLabel, status_cla
 use crate::reject::Refusal;
 use crate::snapshot::RequestContext;
 
-/// What the layers learn about a request, filled in as it travels (each field once). Each
-/// field shares what the request path holds anyway (no copy, nothing written out per request).
+/// What the layers learn about a request, filled in as it travels (each field once), read by
+/// the layers after them and by the access log. Each field shares what the request path holds
+/// anyway (no copy, nothing written out per request).
 #[derive(Debug, Default)]
 pub struct Record {
     /// The normalised URI; only its path is logged (set by routing).
@@ -34,13 +35,6 @@ pub struct Record {
     /// The upstream target the request went to (set by forwarding; written out only if the
     /// line is logged).
     pub upstream: OnceLock<crate::config::Target>,
-}
-
-impl Record {
-    /// The record of a request, if the access-log layer is above.
-    pub fn of<B>(req: &Request<B>) -> Option<&Arc<Record>> {
-        RequestContext::of(req)?.record.as_ref()
-    }
 }
 
 /// The layer.
@@ -84,12 +78,14 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let record = Arc::new(Record::default());
-        match RequestContext::of_mut(&mut req) {
-            Some(context) => context.record = Some(record.clone()),
-            None => tracing::error!("access log reached without a request context"),
-        }
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let record = match RequestContext::of(&req) {
+            Some(context) => context.record.clone(),
+            None => {
+                tracing::error!("access log reached without a request context");
+                Arc::default()
+            }
+        };
         let method = req.method().clone();
         self.metrics.in_flight.inc();
         ResponseFuture {

@@ -212,15 +212,11 @@ impl<B: Send + 'static> AsyncAuthorizeRequest<B> for Authenticate {
     type Future = Either<Ready<Decided<B>>, Pin<Box<dyn Future<Output = Decided<B>> + Send>>>;
 
     fn authorize(&mut self, req: Request<B>) -> Self::Future {
-        let auth = match RequestContext::of(&req) {
-            Some(RequestContext {
-                route: Some(route), ..
-            }) if route.route.access == Access::Public => return Either::Left(ready(Ok(req))),
-            Some(RequestContext {
-                snapshot,
-                route: Some(_),
-                ..
-            }) => match snapshot.auth.clone() {
+        let auth = match RequestContext::of(&req).and_then(|c| Some((c, c.route()?))) {
+            Some((_, route)) if route.route.access == Access::Public => {
+                return Either::Left(ready(Ok(req)));
+            }
+            Some((RequestContext { snapshot, .. }, _)) => match snapshot.auth.clone() {
                 Some(auth) => auth,
                 // A protected route without [okta] does not validate; fail closed regardless.
                 None => return Either::Left(ready(Err(Reject::KeysUnavailable.into_response()))),
@@ -248,14 +244,11 @@ impl<B: Send + 'static> AsyncAuthorizeRequest<B> for Authenticate {
     clippy::result_large_err,
     reason = "the shape of tower-http's AsyncAuthorizeRequest decision"
 )]
-fn admit<B>(mut req: Request<B>, outcome: Result<Arc<Identity>, Reject>) -> Decided<B> {
+fn admit<B>(req: Request<B>, outcome: Result<Arc<Identity>, Reject>) -> Decided<B> {
     match outcome {
         Ok(identity) => {
-            if let Some(record) = crate::access_log::Record::of(&req) {
-                let _ = record.identity.set(identity.clone());
-            }
-            if let Some(context) = RequestContext::of_mut(&mut req) {
-                context.identity = Some(identity);
+            if let Some(context) = RequestContext::of(&req) {
+                let _ = context.record.identity.set(identity);
             }
             Ok(req)
         }

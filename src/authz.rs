@@ -57,11 +57,7 @@ impl<B> ValidateRequest<B> for Authorize {
     type ResponseBody = Body;
 
     fn validate(&mut self, req: &mut Request<B>) -> Result<(), Response<Body>> {
-        let Some(RequestContext {
-            route: Some(route),
-            identity,
-            ..
-        }) = RequestContext::of(req)
+        let Some((context, route)) = RequestContext::of(req).and_then(|c| Some((c, c.route()?)))
         else {
             tracing::error!("authz layer reached without a matched route");
             return Err(Reject::Internal.into_response());
@@ -69,7 +65,7 @@ impl<B> ValidateRequest<B> for Authorize {
         if route.route.access == Access::Public {
             return Ok(());
         }
-        let Some(identity) = identity else {
+        let Some(identity) = context.identity() else {
             tracing::error!("authz layer reached without an identity on a protected route");
             return Err(Reject::Internal.into_response());
         };

@@ -162,20 +162,20 @@ async fn forward(upstreams: &Upstreams, mut req: Request<Body>) -> Result<Respon
         snapshot,
         conn,
         record,
-        route: Some(route),
-        identity,
     }) = req.extensions_mut().remove::<RequestContext>()
     else {
+        tracing::error!("forward reached without a request context");
+        return Err(Reject::Internal);
+    };
+    let Some(route) = record.route.get() else {
         tracing::error!("forward reached without a matched route");
         return Err(Reject::Internal);
     };
+    let identity = record.identity.get().map(Arc::as_ref);
     let Some(target) = route.upstream.next_target() else {
         return Err(Reject::UpstreamFailed);
     };
-
-    if let Some(record) = &record {
-        let _ = record.upstream.set(target.clone());
-    }
+    let _ = record.upstream.set(target.clone());
     let path = upstream_path(&route.route, req.uri().path());
     let pq = match (req.uri().path_and_query(), req.uri().query()) {
         // The (normalised) path goes up unchanged: share it rather than format and parse it.
@@ -190,7 +190,6 @@ async fn forward(upstreams: &Upstreams, mut req: Request<Body>) -> Result<Respon
     parts.path_and_query = Some(pq);
     let uri = Uri::from_parts(parts).map_err(|_| Reject::Internal)?;
 
-    let websocket = headers::is_websocket_upgrade(&req);
     let host_header = req.headers().get(HOST).cloned();
     let host_sent = host_header.is_some();
     let host = host_header.or_else(|| req.uri().authority().and_then(|a| a.as_str().parse().ok()));
@@ -200,12 +199,13 @@ async fn forward(upstreams: &Upstreams, mut req: Request<Body>) -> Result<Respon
         host: host.as_ref(),
         host_sent,
     };
-    headers::prepare_request(
+    let upgrade = headers::prepare_request(
         req.headers_mut(),
         origin,
         &snapshot.config.forward,
-        identity.as_deref(),
+        identity,
     );
+    let websocket = headers::is_websocket_upgrade(&req, upgrade.as_ref());
     // An HTTP/1.1 client connection carries its upstream connection along; h2 clients (many
     // requests at once on one connection) and WebSocket upgrades use the pool.
     let affinity = conn

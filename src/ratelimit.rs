@@ -586,15 +586,9 @@ fn limited<B>(
     &Arc<Identity>,
     &Arc<RateLimiter>,
 )> {
-    let RequestContext {
-        snapshot,
-        route: Some(route),
-        identity: Some(identity),
-        ..
-    } = RequestContext::of(req)?
-    else {
-        return None;
-    };
+    let context = RequestContext::of(req)?;
+    let (route, identity) = (context.route()?, context.identity()?);
+    let snapshot = &context.snapshot;
     if route.route.access == crate::config::Access::Public {
         return None;
     }

@@ -139,15 +139,9 @@ impl<B> ValidateRequest<B> for MatchRoute {
             .snapshot
             .routes
             .find(req.method(), req.uri().path())
-            .map_err(Reject::into_response)?
-            .clone();
-        if let Some(record) = crate::access_log::Record::of(req) {
-            let _ = record.uri.set(req.uri().clone());
-            let _ = record.route.set(matched.clone());
-        }
-        if let Some(context) = RequestContext::of_mut(req) {
-            context.route = Some(matched);
-        }
+            .map_err(Reject::into_response)?;
+        let _ = context.record.uri.set(req.uri().clone());
+        let _ = context.record.route.set(matched.clone());
         Ok(())
     }
 }

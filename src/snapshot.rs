@@ -208,8 +208,9 @@ impl Shared {
 
 /// Request extension: what the request path knows about a request so far. hyper's service
 /// inserts it with the configuration in force and the connection's details, before the stack
-/// runs (the snapshot layer inserts it instead when the stack is called without a connection);
-/// the access log adds its record, routing fills in the route, authentication the identity.
+/// runs (the snapshot layer inserts it instead when the stack is called without a connection).
+/// What the layers learn goes into its [`Record`], which the access log shares: routing sets the
+/// route, authentication the identity, each once, in one place.
 /// One extension rather than one per item: every insert into a request's extension map boxes
 /// its value, and the first allocates the map (docs/performance.md).
 #[derive(Debug, Clone)]
@@ -218,12 +219,9 @@ pub struct RequestContext {
     pub snapshot: Arc<Snapshot>,
     /// The client connection the request came on (none when the stack is called directly).
     pub conn: Option<ConnInfo>,
-    /// The access-log record (set by the access log).
-    pub record: Option<Arc<Record>>,
-    /// The route matched (set by routing).
-    pub route: Option<Arc<CompiledRoute>>,
-    /// The verified identity (set by authentication, on protected routes).
-    pub identity: Option<Arc<Identity>>,
+    /// What the layers have learnt: route, identity, upstream target (shared with the access
+    /// log, which writes it out when the response leaves).
+    pub record: Arc<Record>,
 }
 
 /// A live configuration with no routes, upstreams or `[okta]` (for unit tests that need one).
@@ -239,20 +237,23 @@ impl RequestContext {
         RequestContext {
             snapshot: live.load_full(),
             conn,
-            record: None,
-            route: None,
-            identity: None,
+            record: Arc::default(),
         }
+    }
+
+    /// The route matched (once routing has run).
+    pub fn route(&self) -> Option<&Arc<CompiledRoute>> {
+        self.record.route.get()
+    }
+
+    /// The verified identity (once authentication has run, on protected routes).
+    pub fn identity(&self) -> Option<&Arc<Identity>> {
+        self.record.identity.get()
     }
 
     /// The context of a request that went through the snapshot layer.
     pub fn of<B>(req: &Request<B>) -> Option<&RequestContext> {
         req.extensions().get::<RequestContext>()
-    }
-
-    /// Like [`RequestContext::of`], to fill in.
-    pub fn of_mut<B>(req: &mut Request<B>) -> Option<&mut RequestContext> {
-        req.extensions_mut().get_mut::<RequestContext>()
     }
 }
 

@@ -39,28 +39,47 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 
 /// Removes every header named in `Connection`, then the hop-by-hop headers themselves.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let nominated = nominated(headers);
+    let nominated = Nominated::of(headers).names;
     remove_where(headers, |name| {
         is_hop_by_hop(name) || nominated.contains(name)
     });
 }
 
-/// The header names the `Connection` header lists (none, mostly: then nothing is allocated).
-fn nominated(headers: &HeaderMap) -> Vec<HeaderName> {
-    let connection = headers.get_all(CONNECTION);
-    // Nearly every message has no `Connection` header, or one with a single usual option (an
-    // upstream's `keep-alive`): answered without splitting and trimming the value.
-    if connection.iter().all(|v| names_no_header(v.as_bytes())) {
-        return Vec::new();
+/// What a message's `Connection` header says.
+struct Nominated {
+    /// The header names it lists (none, mostly: then nothing is allocated).
+    names: Vec<HeaderName>,
+    /// Whether it lists `upgrade`.
+    upgrade: bool,
+}
+
+impl Nominated {
+    fn of(headers: &HeaderMap) -> Nominated {
+        let connection = headers.get_all(CONNECTION);
+        // Nearly every message has no `Connection` header, or one with a single usual option
+        // (an upstream's `keep-alive`): answered without splitting and trimming the value.
+        if connection.iter().all(|v| names_no_header(v.as_bytes())) {
+            return Nominated {
+                names: Vec::new(),
+                upgrade: connection
+                    .iter()
+                    .any(|v| v.as_bytes().eq_ignore_ascii_case(b"upgrade")),
+            };
+        }
+        let mut upgrade = false;
+        let names = connection
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| {
+                upgrade |= t.eq_ignore_ascii_case("upgrade");
+                !names_no_header(t.as_bytes())
+            })
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .collect();
+        Nominated { names, upgrade }
     }
-    connection
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !names_no_header(t.as_bytes()))
-        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-        .collect()
 }
 
 /// Whether a `Connection` option is one of the usual ones, which name no other header
@@ -92,22 +111,13 @@ fn remove_where(headers: &mut HeaderMap, mut doomed: impl FnMut(&HeaderName) -> 
     }
 }
 
-/// Whether `req` asks for a WebSocket upgrade (RFC 6455 §4.1): an HTTP/1.1 `GET` with
-/// `Connection: upgrade` and `Upgrade: websocket`. No other protocol is passed through.
-pub fn is_websocket_upgrade<B>(req: &http::Request<B>) -> bool {
+/// Whether a request asks for a WebSocket upgrade (RFC 6455 §4.1): an HTTP/1.1 `GET` with
+/// `Connection: upgrade` and `Upgrade: websocket` (`upgrade` is what [`prepare_request`]
+/// returned for it). No other protocol is passed through.
+pub fn is_websocket_upgrade<B>(req: &http::Request<B>, upgrade: Option<&HeaderValue>) -> bool {
     req.method() == http::Method::GET
         && req.version() == http::Version::HTTP_11
-        && req
-            .headers()
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        && req
-            .headers()
-            .get(UPGRADE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        && upgrade.is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
 /// Puts back the two headers that carry a WebSocket upgrade across this hop, after
@@ -131,15 +141,25 @@ pub struct Origin<'a> {
 }
 
 /// Rewrites request headers for the upstream: hygiene first, then the gateway's own headers,
-/// then the verified identity (when the route is protected).
+/// then the verified identity (when the route is protected). Returns the protocol the client
+/// asked to upgrade to (its `Upgrade` header, if `Connection` lists `upgrade`), which hygiene
+/// removed with the other hop-by-hop headers.
 pub fn prepare_request(
     headers: &mut HeaderMap,
     origin: Origin<'_>,
     forward: &Forward,
     identity: Option<&Identity>,
-) {
+) -> Option<HeaderValue> {
     let host = origin.host.cloned();
-    let nominated = nominated(headers);
+    let Nominated {
+        names: nominated,
+        upgrade,
+    } = Nominated::of(headers);
+    let upgrade = if upgrade {
+        headers.get(UPGRADE).cloned()
+    } else {
+        None
+    };
     // Whether the client sent `X-Forwarded-For` (mostly not: then it is not looked up again).
     let mut forwarded_for = false;
     remove_where(headers, |name| {
@@ -197,6 +217,7 @@ pub fn prepare_request(
             }
         }
     }
+    upgrade
 }
 
 #[cfg(test)]
@@ -282,6 +303,36 @@ mod tests {
             assert_eq!(h.get_all(HOST).iter().count(), 1, "{connection:?}: {h:?}");
             assert_eq!(h[HOST], "api.example", "{connection:?}");
             assert!(!h.contains_key(CONNECTION));
+        }
+    }
+
+    #[test]
+    fn the_upgrade_asked_for_is_returned_only_when_connection_lists_it() {
+        let cases = [
+            (None, None),
+            (Some("upgrade"), Some("websocket")),
+            (Some("Upgrade"), Some("websocket")),
+            (Some("keep-alive, Upgrade"), Some("websocket")),
+            (Some("x-other , upgrade"), Some("websocket")),
+            (Some("keep-alive"), None),
+            (Some("x-upgrade"), None),
+        ];
+        for (connection, want) in cases {
+            let mut h = HeaderMap::new();
+            h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+            if let Some(c) = connection {
+                h.insert(CONNECTION, HeaderValue::from_static(c));
+            }
+            let upgrade = prepare_request(&mut h, origin(None), &forward(false), None);
+            assert_eq!(
+                upgrade.as_ref().map(|v| v.as_bytes()),
+                want.map(str::as_bytes),
+                "{connection:?}"
+            );
+            assert!(
+                !h.contains_key(UPGRADE) && !h.contains_key(CONNECTION),
+                "{h:?}"
+            );
         }
     }
 
