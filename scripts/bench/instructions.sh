@@ -6,6 +6,7 @@
 #                                                 # a plain proxy and the bare hyper proxy
 #                                                 # (pooled, carried) for comparison
 #   BINS="old/jwtgate target/release/jwtgate" scripts/bench/instructions.sh   # compare builds
+#   BODY_BYTES=16384 scripts/bench/instructions.sh   # upstream answers with a body of that size
 #
 # Each gateway runs under callgrind with one worker; wrk warms it up for 2 s, the counters are
 # zeroed, wrk sends the one-token load for 8 s (-c8), and the script prints the instructions
@@ -32,7 +33,7 @@ cat > "$OUT/upstream.conf" <<NGINX
 worker_processes 1; daemon off; pid $OUT/upstream.pid; error_log stderr error;
 events { worker_connections 1024; }
 http { access_log off;
-  server { listen 127.0.0.1:18381; keepalive_requests 1000000; location / { return 200 "ok\n"; } } }
+  server { listen 127.0.0.1:18381; keepalive_requests 1000000; $(scripts/bench/upstream-body.sh "$OUT") } }
 NGINX
 nginx -c "$OUT/upstream.conf" & PIDS+=($!)
 

@@ -3,6 +3,8 @@
 #
 #   scripts/bench/run.sh                  # 5 rounds x 8 s, -c64 and -c256 (about 20 min)
 #   ROUNDS=1 DURATION=2 scripts/bench/run.sh   # a quick smoke run
+#   BODY_BYTES=16384 scripts/bench/run.sh  # the upstream answers with a body of that size
+#                                          # (default: "ok\n", 3 bytes)
 #
 # Every proxy under test runs with one worker on CPU 0; wrk and the upstream run on CPU 1.
 # Rounds are interleaved (A B C D A B C D ...). Results: medians and ratios, printed and
@@ -33,13 +35,13 @@ taskset -c $LOAD_CPU target/release/examples/bench_issuer 18180 "$OUT" & PIDS+=(
 for _ in $(seq 100); do [ -s "$OUT/tokens.txt" ] && break; sleep 0.1; done
 ISSUER=$(cat "$OUT/issuer.txt")
 
-# Upstream: nginx answering 200 (the floor).
+# Upstream: nginx answering 200 (the floor), with "ok\n" or $BODY_BYTES bytes.
 cat > "$OUT/conf/upstream.conf" <<NGINX
 worker_processes 1; daemon off; pid $OUT/upstream.pid; error_log stderr error;
 events { worker_connections 4096; }
 http { access_log off;
   server { listen 127.0.0.1:18081 reuseport backlog=4096; keepalive_requests 1000000;
-    location / { return 200 "ok\n"; } } }
+    $(scripts/bench/upstream-body.sh "$OUT") } }
 NGINX
 taskset -c $LOAD_CPU nginx -c "$OUT/conf/upstream.conf" & PIDS+=($!)
 
@@ -177,7 +179,7 @@ RSS=$(awk '/VmRSS/ {print $2}' /proc/$(pgrep -f "jwtgate.toml" | head -1)/status
   echo
   echo "$(date -u +%F), $(nproc) cores, $(uname -m); proxies pinned to CPU $PROXY_CPU with one worker,"
   echo "wrk -t1 and the upstream on CPU $LOAD_CPU; $ROUNDS rounds x ${DURATION}s, interleaved;"
-  echo "command: ROUNDS=$ROUNDS DURATION=$DURATION scripts/bench/run.sh"
+  echo "command: ROUNDS=$ROUNDS DURATION=$DURATION${BODY_BYTES:+ BODY_BYTES=$BODY_BYTES} scripts/bench/run.sh"
   echo "jwtgate resident memory after the run: ${RSS} KiB"
   python3 scripts/bench/summarize.py "$OUT/runs"
 } | tee "$OUT/summary.md"
