@@ -224,13 +224,6 @@ pub struct RequestContext {
     pub record: Arc<Record>,
 }
 
-/// A live configuration with no routes, upstreams or `[okta]` (for unit tests that need one).
-#[cfg(test)]
-pub(crate) fn empty_live() -> Live {
-    let config = Config::from_toml_str("[server]\nlisten = \"127.0.0.1:0\"\n").unwrap();
-    Arc::new(ArcSwap::from_pointee(Snapshot::new(Arc::new(config), None)))
-}
-
 impl RequestContext {
     /// The context of a request arriving now, on `conn` if it came on a connection.
     pub fn new(live: &Live, conn: Option<ConnInfo>) -> RequestContext {
@@ -255,6 +248,13 @@ impl RequestContext {
     pub fn of<B>(req: &Request<B>) -> Option<&RequestContext> {
         req.extensions().get::<RequestContext>()
     }
+}
+
+/// A live configuration with no routes, upstreams or `[okta]` (for unit tests that need one).
+#[cfg(test)]
+pub(crate) fn empty_live() -> Live {
+    let config = Config::from_toml_str("[server]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    Arc::new(ArcSwap::from_pointee(Snapshot::new(Arc::new(config), None)))
 }
 
 /// The layer: inserts a [`RequestContext`] with the snapshot in force, unless hyper's service

@@ -39,46 +39,55 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 
 /// Removes every header named in `Connection`, then the hop-by-hop headers themselves.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let nominated = Nominated::of(headers).names;
-    remove_where(headers, |name| {
-        is_hop_by_hop(name) || nominated.contains(name)
-    });
+    strip(headers, |_| false);
 }
 
-/// What a message's `Connection` header says.
+/// Removes the headers `Connection` names, the hop-by-hop headers and those `also` picks
+/// (`also` sees every name present, before the other tests); returns what `Connection` said.
+fn strip(headers: &mut HeaderMap, mut also: impl FnMut(&HeaderName) -> bool) -> Nominated {
+    let nominated = Nominated::of(headers);
+    remove_where(headers, |name| {
+        also(name) || is_hop_by_hop(name) || nominated.names.contains(name)
+    });
+    nominated
+}
+
+/// What a message's `Connection` header says, read before the header goes.
 struct Nominated {
     /// The header names it lists (none, mostly: then nothing is allocated).
     names: Vec<HeaderName>,
-    /// Whether it lists `upgrade`.
-    upgrade: bool,
+    /// The `Upgrade` header's value, if `Connection` lists `upgrade`.
+    upgrade: Option<HeaderValue>,
 }
 
 impl Nominated {
     fn of(headers: &HeaderMap) -> Nominated {
         let connection = headers.get_all(CONNECTION);
+        let mut upgrade = false;
         // Nearly every message has no `Connection` header, or one with a single usual option
         // (an upstream's `keep-alive`): answered without splitting and trimming the value.
-        if connection.iter().all(|v| names_no_header(v.as_bytes())) {
-            return Nominated {
-                names: Vec::new(),
-                upgrade: connection
-                    .iter()
-                    .any(|v| v.as_bytes().eq_ignore_ascii_case(b"upgrade")),
-            };
+        let names = if connection.iter().all(|v| names_no_header(v.as_bytes())) {
+            upgrade = connection
+                .iter()
+                .any(|v| v.as_bytes().eq_ignore_ascii_case(b"upgrade"));
+            Vec::new()
+        } else {
+            connection
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .filter(|t| {
+                    upgrade |= t.eq_ignore_ascii_case("upgrade");
+                    !names_no_header(t.as_bytes())
+                })
+                .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+                .collect()
+        };
+        Nominated {
+            names,
+            upgrade: upgrade.then(|| headers.get(UPGRADE).cloned()).flatten(),
         }
-        let mut upgrade = false;
-        let names = connection
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| {
-                upgrade |= t.eq_ignore_ascii_case("upgrade");
-                !names_no_header(t.as_bytes())
-            })
-            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-            .collect();
-        Nominated { names, upgrade }
     }
 }
 
@@ -151,24 +160,16 @@ pub fn prepare_request(
     identity: Option<&Identity>,
 ) -> Option<HeaderValue> {
     let host = origin.host.cloned();
+    // Whether the client sent `X-Forwarded-For` (mostly not: then it is not looked up again).
+    let mut forwarded_for = false;
     let Nominated {
         names: nominated,
         upgrade,
-    } = Nominated::of(headers);
-    let upgrade = if upgrade {
-        headers.get(UPGRADE).cloned()
-    } else {
-        None
-    };
-    // Whether the client sent `X-Forwarded-For` (mostly not: then it is not looked up again).
-    let mut forwarded_for = false;
-    remove_where(headers, |name| {
+    } = strip(headers, |name| {
         forwarded_for |= name == X_FORWARDED_FOR;
-        is_hop_by_hop(name)
-            || nominated.contains(name)
-            // Identity headers are the gateway's to write: whatever a client sent under those
-            // names (any case, `_` or `-`) goes, on public routes too.
-            || forward.strip_headers.contains(name)
+        // Identity headers are the gateway's to write: whatever a client sent under those
+        // names (any case, `_` or `-`) goes, on public routes too.
+        forward.strip_headers.contains(name)
             || (!forward.forward_authorization && name == AUTHORIZATION)
     });
     // Append to the chain the client sent, as nginx's $proxy_add_x_forwarded_for does: the
