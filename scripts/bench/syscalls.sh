@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# System calls and CPU time (user, system) per request, for jwtgate's protected route, nginx as
+# a plain proxy and the bare hyper proxy (carried connection), each on CPU 0 with wrk and the
+# upstream on CPU 1, as in run.sh. Counts come from the kernel's syscall tracepoints through
+# `perf stat`; CPU time from /proc/PID/stat over the same wrk run.
+#
+#   scripts/bench/syscalls.sh              # 3 interleaved rounds of 8 s at -c64
+#   ROUNDS=5 CONNS=256 scripts/bench/syscalls.sh
+#
+# System calls per request do not depend on the machine's speed; the CPU times do (a busy
+# machine moves them by ±20 %), so compare them only within one run. The tracepoints add a
+# little system time to every call, for every target alike.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-$(mktemp -d /tmp/jwtgate-syscalls.XXXXXX)}
+ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-8} CONNS=${CONNS:-64}
+mkdir -p "$OUT"
+need=()
+for tool in wrk nginx perf; do command -v "$tool" >/dev/null || need+=("$tool"); done
+if [ ${#need[@]} -gt 0 ]; then
+  need=("${need[@]/perf/linux-perf}")
+  apt-get update -q && apt-get install -y -q "${need[@]}"
+fi
+cargo build --release --locked --bin jwtgate --example bench_issuer --example bare_proxy
+export RUST_LOG=warn
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+target/release/examples/bench_issuer 18480 "$OUT" 1 & PIDS+=($!)
+until [ -s "$OUT/token.txt" ]; do sleep 0.1; done
+cat > "$OUT/upstream.conf" <<NGINX
+worker_processes 1; daemon off; pid $OUT/upstream.pid; error_log stderr error;
+events { worker_connections 1024; }
+http { access_log off;
+  server { listen 127.0.0.1:18481; keepalive_requests 1000000; $(scripts/bench/upstream-body.sh "$OUT") } }
+NGINX
+taskset -c 1 nginx -c "$OUT/upstream.conf" & PIDS+=($!)
+cat > "$OUT/jwtgate.toml" <<TOML
+[server]
+listen = "127.0.0.1:18482"
+workers = 1
+[okta]
+issuer = "$(cat "$OUT/issuer.txt")"
+audience = "api://bench"
+[upstreams.up]
+targets = ["http://127.0.0.1:18481"]
+[[routes]]
+path = "/api"
+upstream = "up"
+groups = ["bench"]
+[rate_limits.groups]
+bench = { requests = 1000000000, per = "1s" }
+[forward]
+claims_to_headers = { sub = "X-Auth-Subject", groups = "X-Auth-Groups" }
+TOML
+cat > "$OUT/proxy.conf" <<NGINX
+worker_processes 1; master_process off; daemon off; pid $OUT/proxy.pid; error_log stderr error;
+events { worker_connections 1024; }
+http { access_log off; upstream up { server 127.0.0.1:18481; keepalive 64; }
+  server { listen 127.0.0.1:18483; keepalive_requests 1000000;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+NGINX
+
+names=(jwtgate-protected nginx-proxy hyper-carried)
+urls=(http://127.0.0.1:18482/api/x http://127.0.0.1:18483/x http://127.0.0.1:18484/x)
+pids=()
+taskset -c 0 target/release/jwtgate run --config "$OUT/jwtgate.toml" > "$OUT/jwtgate.log" 2>&1 &
+pids+=($!)
+taskset -c 0 nginx -c "$OUT/proxy.conf" & pids+=($!)
+taskset -c 0 target/release/examples/bare_proxy 127.0.0.1:18484 127.0.0.1:18481 carried &
+pids+=($!)
+PIDS+=("${pids[@]}")
+
+load() { # URL SECONDS: prints the requests wrk completed
+  TOKEN_FILE="$OUT/token.txt" taskset -c 1 wrk -t1 -c"$CONNS" -d"$2s" -s scripts/bench/bearer.lua \
+    "$1" | awk '/requests in/ {print $1}'
+}
+for url in "${urls[@]}"; do
+  # Until it answers 200 (for jwtgate: once it holds the issuer's keys), then a warm-up.
+  until curl -sf -o /dev/null -H "Authorization: Bearer $(cat "$OUT/token.txt")" "$url"; do
+    sleep 0.2
+  done
+  load "$url" 2 > /dev/null
+done
+
+events=raw_syscalls:sys_enter
+for call in read write readv writev recvfrom sendto recvmsg sendmsg getsockopt epoll_wait \
+  epoll_pwait epoll_ctl futex; do
+  events+=",syscalls:sys_enter_$call"
+done
+: > "$OUT/rounds.txt"
+for round in $(seq "$ROUNDS"); do
+  for i in "${!names[@]}"; do
+    pid=${pids[$i]}
+    read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+    perf stat -x, -e "$events" -p "$pid" -o "$OUT/${names[$i]}.$round.perf" -- sleep "$DURATION" &
+    counter=$!
+    n=$(load "${urls[$i]}" "$DURATION")
+    wait "$counter"
+    read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+    awk -F, -v n="$n" -v name="${names[$i]}" -v r="$round" \
+      -v user=$(((u1 - u0) * TICK_US)) -v sys=$(((s1 - s0) * TICK_US)) '
+      $1 ~ /^[0-9]+$/ && $1 / n >= 0.005 {
+        sub(/.*:sys_enter_?/, "", $3); calls = calls sprintf(" %s %.2f", ($3 == "" ? "all" : $3), $1 / n) }
+      END { printf "%s round %d: %d requests, user %.1f us, sys %.1f us per request;%s\n",
+              name, r, n, user / n, sys / n, calls }' "$OUT/${names[$i]}.$round.perf" \
+      | tee -a "$OUT/rounds.txt"
+  done
+done
+echo
+echo "medians over $ROUNDS rounds, -c$CONNS (system calls per request are the same every round):"
+median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+for name in "${names[@]}"; do
+  rows=$(grep "^$name " "$OUT/rounds.txt")
+  user=$(sed 's/.*user \([0-9.]*\) us.*/\1/' <<< "$rows" | median)
+  sys=$(sed 's/.*sys \([0-9.]*\) us.*/\1/' <<< "$rows" | median)
+  printf '  %-18s user %5.1f us, sys %5.1f us per request; system calls per request:%s\n' \
+    "$name" "$user" "$sys" "$(tail -1 <<< "$rows" | cut -d';' -f2)"
+done
+echo "rounds and perf outputs: $OUT"
