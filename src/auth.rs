@@ -212,7 +212,7 @@ impl<B: Send + 'static> AsyncAuthorizeRequest<B> for Authenticate {
     type Future = Either<Ready<Decided<B>>, Pin<Box<dyn Future<Output = Decided<B>> + Send>>>;
 
     fn authorize(&mut self, req: Request<B>) -> Self::Future {
-        let auth = match RequestContext::of(&req).and_then(|c| Some((c, c.route()?))) {
+        let auth = match RequestContext::routed(&req) {
             Some((_, route)) if route.route.access == Access::Public => {
                 return Either::Left(ready(Ok(req)));
             }

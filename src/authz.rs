@@ -57,8 +57,7 @@ impl<B> ValidateRequest<B> for Authorize {
     type ResponseBody = Body;
 
     fn validate(&mut self, req: &mut Request<B>) -> Result<(), Response<Body>> {
-        let Some((context, route)) = RequestContext::of(req).and_then(|c| Some((c, c.route()?)))
-        else {
+        let Some((context, route)) = RequestContext::routed(req) else {
             tracing::error!("authz layer reached without a matched route");
             return Err(Reject::Internal.into_response());
         };

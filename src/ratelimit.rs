@@ -586,8 +586,8 @@ fn limited<B>(
     &Arc<Identity>,
     &Arc<RateLimiter>,
 )> {
-    let context = RequestContext::of(req)?;
-    let (route, identity) = (context.route()?, context.identity()?);
+    let (context, route) = RequestContext::routed(req)?;
+    let identity = context.identity()?;
     let snapshot = &context.snapshot;
     if route.route.access == crate::config::Access::Public {
         return None;

@@ -248,6 +248,12 @@ impl RequestContext {
     pub fn of<B>(req: &Request<B>) -> Option<&RequestContext> {
         req.extensions().get::<RequestContext>()
     }
+
+    /// The context and the matched route of a request that went through routing.
+    pub fn routed<B>(req: &Request<B>) -> Option<(&RequestContext, &Arc<CompiledRoute>)> {
+        let context = RequestContext::of(req)?;
+        Some((context, context.route()?))
+    }
 }
 
 /// A live configuration with no routes, upstreams or `[okta]` (for unit tests that need one).
