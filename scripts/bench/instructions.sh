@@ -7,6 +7,7 @@
 #                                                 # (pooled, carried) for comparison
 #   BINS="old/jwtgate target/release/jwtgate" scripts/bench/instructions.sh   # compare builds
 #   BODY_BYTES=16384 scripts/bench/instructions.sh   # upstream answers with a body of that size
+#   CACHE_SIM=1 scripts/bench/instructions.sh     # also simulated cache misses per request
 #
 # Each gateway runs under callgrind with one worker; wrk warms it up for 2 s, the counters are
 # zeroed, wrk sends the one-token load for 8 s (-c8), and the script prints the instructions
@@ -41,7 +42,8 @@ nginx -c "$OUT/upstream.conf" & PIDS+=($!)
 count() {
   local name=$1 port=$2 path=$3; shift 3
   local cg="$OUT/callgrind.$port${path//\//_}"
-  valgrind --tool=callgrind --callgrind-out-file="$cg" "$@" > "$OUT/$port.log" 2>&1 &
+  valgrind --tool=callgrind ${CACHE_SIM:+--cache-sim=yes} --callgrind-out-file="$cg" "$@" \
+    > "$OUT/$port.log" 2>&1 &
   local vg=$!
   PIDS+=($vg)
   # Until it answers 200 (for the protected route: once it holds the issuer's keys).
@@ -58,7 +60,16 @@ count() {
   local dump ir
   dump=$(ls -t "$cg".* | head -1)
   ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
-  printf '%-34s %8d requests %8d instructions/request\n' "$name $path" "$n" $((ir / n))
+  printf '%-34s %8d requests %8d instructions/request' "$name $path" "$n" $((ir / n))
+  if [ -n "${CACHE_SIM:-}" ]; then
+    # callgrind's simulated caches (the host's L1 and last-level sizes): misses per request
+    # fetching instructions (I1), reading and writing data (D1), and in the last level (LL).
+    awk -v n="$n" '/^events:/ { for (i = 2; i <= NF; i++) ev[i] = $i }
+      /^(summary|totals):/ { for (i = 2; i <= NF; i++) v[ev[i + 0]] = $i
+        printf "; misses/request I1 %.0f, D1 %.0f, LL %.0f", v["I1mr"] / n,
+          (v["D1mr"] + v["D1mw"]) / n, (v["ILmr"] + v["DLmr"] + v["DLmw"]) / n; exit }' "$dump"
+  fi
+  echo
   [ -n "${PROFILE:-}" ] || rm -f "$cg" "$cg".*
 }
 
