@@ -31,9 +31,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tower::Service;
 
+use crate::auth::validate::Identity;
 use crate::body::{self, Body};
+use crate::config::{self, Target};
 use crate::reject::Reject;
+use crate::route::CompiledRoute;
+use crate::server::ConnInfo;
 use crate::snapshot::{RequestContext, Snapshot};
+use conns::Affinity;
 use upstream::{ConnectTimeouts, Connector};
 
 /// The one pooled client shared by every upstream.
@@ -176,44 +181,14 @@ async fn forward(upstreams: &Upstreams, mut req: Request<Body>) -> Result<Respon
         return Err(Reject::UpstreamFailed);
     };
     let _ = record.upstream.set(target.clone());
-    let path = upstream_path(&route.route, req.uri().path());
-    let pq = match (req.uri().path_and_query(), req.uri().query()) {
-        // The (normalised) path goes up unchanged: share it rather than format and parse it.
-        (Some(pq), _) if path.len() == req.uri().path().len() => Ok(pq.clone()),
-        (_, Some(q)) => PathAndQuery::try_from(format!("{path}?{q}")),
-        (_, None) => PathAndQuery::try_from(path.to_owned()),
-    }
-    .map_err(|_| Reject::Internal)?;
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(target.scheme.clone());
-    parts.authority = Some(target.authority.clone());
-    parts.path_and_query = Some(pq);
-    let uri = Uri::from_parts(parts).map_err(|_| Reject::Internal)?;
-
-    let host_header = req.headers().get(HOST).cloned();
-    let host_sent = host_header.is_some();
-    let host = host_header.or_else(|| req.uri().authority().and_then(|a| a.as_str().parse().ok()));
-    let origin = headers::Origin {
-        client_ip: conn.as_ref().map_or(&LOOPBACK, |c| &c.client_ip),
-        tls: conn.as_ref().is_some_and(|c| c.tls),
-        host: host.as_ref(),
-        host_sent,
-    };
-    let upgrade = headers::prepare_request(
-        req.headers_mut(),
-        origin,
+    let (affinity, websocket) = rewrite(
+        &mut req,
+        route,
+        target,
         &snapshot.config.forward,
+        conn,
         identity,
-    );
-    let websocket = headers::is_websocket_upgrade(&req, upgrade.as_ref());
-    // An HTTP/1.1 client connection carries its upstream connection along; h2 clients (many
-    // requests at once on one connection) and WebSocket upgrades use the pool.
-    let affinity = conn
-        .map(|c| c.affinity)
-        .filter(|_| !websocket && req.version() != Version::HTTP_2);
-    // The client speaks HTTP/1.1 to upstreams whatever the client spoke to us.
-    *req.version_mut() = Version::HTTP_11;
-    *req.uri_mut() = uri;
+    )?;
     let mut client_upgrade = websocket.then(|| {
         headers::restore_websocket_upgrade(req.headers_mut());
         hyper::upgrade::on(&mut req)
@@ -278,6 +253,56 @@ async fn forward(upstreams: &Upstreams, mut req: Request<Body>) -> Result<Respon
             Ok(Response::from_parts(parts, body))
         }
     }
+}
+
+/// Rewrites `req` for `target`: the upstream URI, HTTP/1.1, and the headers
+/// (`headers::prepare_request`). Returns the upstream connection the client connection
+/// carries, when this request may use it, and whether the request asks for a WebSocket
+/// upgrade. Kept out of `forward` so that none of its locals become part of the future
+/// `forward` keeps across the upstream round trip (a borrowed local stays in an async
+/// function's state until its scope ends).
+fn rewrite(
+    req: &mut Request<Body>,
+    route: &CompiledRoute,
+    target: &Target,
+    forward: &config::Forward,
+    conn: Option<ConnInfo>,
+    identity: Option<&Identity>,
+) -> Result<(Option<Arc<Affinity>>, bool), Reject> {
+    let path = upstream_path(&route.route, req.uri().path());
+    let pq = match (req.uri().path_and_query(), req.uri().query()) {
+        // The (normalised) path goes up unchanged: share it rather than format and parse it.
+        (Some(pq), _) if path.len() == req.uri().path().len() => Ok(pq.clone()),
+        (_, Some(q)) => PathAndQuery::try_from(format!("{path}?{q}")),
+        (_, None) => PathAndQuery::try_from(path.to_owned()),
+    }
+    .map_err(|_| Reject::Internal)?;
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(target.scheme.clone());
+    parts.authority = Some(target.authority.clone());
+    parts.path_and_query = Some(pq);
+    let uri = Uri::from_parts(parts).map_err(|_| Reject::Internal)?;
+
+    let host_header = req.headers().get(HOST).cloned();
+    let host_sent = host_header.is_some();
+    let host = host_header.or_else(|| req.uri().authority().and_then(|a| a.as_str().parse().ok()));
+    let origin = headers::Origin {
+        client_ip: conn.as_ref().map_or(&LOOPBACK, |c| &c.client_ip),
+        tls: conn.as_ref().is_some_and(|c| c.tls),
+        host: host.as_ref(),
+        host_sent,
+    };
+    let upgrade = headers::prepare_request(req.headers_mut(), origin, forward, identity);
+    let websocket = headers::is_websocket_upgrade(req, upgrade.as_ref());
+    // An HTTP/1.1 client connection carries its upstream connection along; h2 clients (many
+    // requests at once on one connection) and WebSocket upgrades use the pool.
+    let affinity = conn
+        .map(|c| c.affinity)
+        .filter(|_| !websocket && req.version() != Version::HTTP_2);
+    // The client speaks HTTP/1.1 to upstreams whatever the client spoke to us.
+    *req.version_mut() = Version::HTTP_11;
+    *req.uri_mut() = uri;
+    Ok((affinity, websocket))
 }
 
 fn upstream_error(snapshot: &Snapshot, upstream: &str, kind: &'static str) {
