@@ -15,6 +15,7 @@
 # docs/performance.md) is not counted. Set PROFILE=1 to keep each callgrind file in $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. scripts/bench/configs.sh
 OUT=${OUT:-$(mktemp -d /tmp/jwtgate-instructions.XXXXXX)}
 mkdir -p "$OUT"
 need=()
@@ -30,12 +31,7 @@ trap cleanup EXIT
 
 target/release/examples/bench_issuer 18380 "$OUT" 1 & PIDS+=($!)
 until [ -s "$OUT/token.txt" ]; do sleep 0.1; done
-cat > "$OUT/upstream.conf" <<NGINX
-worker_processes 1; daemon off; pid $OUT/upstream.pid; error_log stderr error;
-events { worker_connections 1024; }
-http { access_log off;
-  server { listen 127.0.0.1:18381; keepalive_requests 1000000; $(scripts/bench/upstream-body.sh "$OUT") } }
-NGINX
+upstream_conf "$OUT" 127.0.0.1:18381 > "$OUT/upstream.conf"
 nginx -c "$OUT/upstream.conf" & PIDS+=($!)
 
 # count NAME PORT PATH COMMAND...: runs COMMAND under callgrind, serving on 127.0.0.1:PORT.
@@ -75,41 +71,14 @@ count() {
 
 port=18390
 for bin in $BINS; do
-  cat > "$OUT/gw$port.toml" <<TOML
-[server]
-listen = "127.0.0.1:$port"
-workers = 1
-[okta]
-issuer = "$(cat "$OUT/issuer.txt")"
-audience = "api://bench"
-[upstreams.up]
-targets = ["http://127.0.0.1:18381"]
-[[routes]]
-path = "/api"
-upstream = "up"
-groups = ["bench"]
-[[routes]]
-path = "/public"
-upstream = "up"
-public = true
-[rate_limits.groups]
-bench = { requests = 1000000000, per = "1s" }
-[forward]
-claims_to_headers = { sub = "X-Auth-Subject", groups = "X-Auth-Groups" }
-TOML
+  gateway_toml "127.0.0.1:$port" "$(cat "$OUT/issuer.txt")" 127.0.0.1:18381 > "$OUT/gw$port.toml"
   for path in /api/x /public/x; do
     count "$bin" "$port" "$path" "$bin" run --config "$OUT/gw$port.toml"
   done
   port=$((port + 1))
 done
 # nginx as the plain reverse proxy of run.sh, one process (no master), counted the same way.
-cat > "$OUT/proxy.conf" <<NGINX
-worker_processes 1; master_process off; daemon off; pid $OUT/proxy.pid; error_log stderr error;
-events { worker_connections 1024; }
-http { access_log off; upstream up { server 127.0.0.1:18381; keepalive 64; }
-  server { listen 127.0.0.1:$port; keepalive_requests 1000000;
-    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-NGINX
+nginx_proxy_conf "$OUT" "127.0.0.1:$port" 127.0.0.1:18381 > "$OUT/proxy.conf"
 count "nginx plain proxy" "$port" /x nginx -c "$OUT/proxy.conf"
 port=$((port + 1))
 for mode in pooled carried; do

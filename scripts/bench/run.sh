@@ -11,6 +11,7 @@
 # written to $OUT/summary.md. Installs wrk, nginx and haproxy from Debian when missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. scripts/bench/configs.sh
 
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-8}
@@ -92,33 +93,11 @@ HAP
 taskset -c $PROXY_CPU haproxy -f "$OUT/conf/haproxy.cfg" -db & PIDS+=($!)
 
 # jwtgate: one worker, a rate limit high enough never to trigger, identity headers.
-cat > "$OUT/conf/jwtgate.toml" <<TOML
-[server]
-listen = "127.0.0.1:18084"
-admin_listen = "127.0.0.1:18094"
-workers = 1
-[okta]
-issuer = "$ISSUER"
-audience = "api://bench"
-[upstreams.up]
-targets = ["http://127.0.0.1:18081"]
-[[routes]]
-path = "/api"
-upstream = "up"
-groups = ["bench"]
-[[routes]]
-path = "/public"
-upstream = "up"
-public = true
-[[routes]]
-path = "/limited"
-upstream = "up"
-groups = ["bench"]
-[rate_limits.groups]
-bench = { requests = 1000000000, per = "1s" }
-[forward]
-claims_to_headers = { sub = "X-Auth-Subject", groups = "X-Auth-Groups" }
-TOML
+{
+  gateway_toml 127.0.0.1:18084 "$ISSUER" 127.0.0.1:18081 'admin_listen = "127.0.0.1:18094"'
+  # The over-limit gateway below uses this route with its limit of 1 per hour.
+  printf '[[routes]]\npath = "/limited"\nupstream = "up"\ngroups = ["bench"]\n'
+} > "$OUT/conf/jwtgate.toml"
 RUST_LOG=warn taskset -c $PROXY_CPU target/release/jwtgate run --config "$OUT/conf/jwtgate.toml" \
   --log-format json 2> "$OUT/jwtgate.log" & PIDS+=($!)
 # Over-limit traffic: a second gateway on the same core whose bench limit is 1 per hour.

@@ -12,6 +12,7 @@
 # little system time to every call, for every target alike.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. scripts/bench/configs.sh
 OUT=${OUT:-$(mktemp -d /tmp/jwtgate-syscalls.XXXXXX)}
 ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-8} CONNS=${CONNS:-64}
 mkdir -p "$OUT"
@@ -31,38 +32,10 @@ trap cleanup EXIT
 
 target/release/examples/bench_issuer 18480 "$OUT" 1 & PIDS+=($!)
 until [ -s "$OUT/token.txt" ]; do sleep 0.1; done
-cat > "$OUT/upstream.conf" <<NGINX
-worker_processes 1; daemon off; pid $OUT/upstream.pid; error_log stderr error;
-events { worker_connections 1024; }
-http { access_log off;
-  server { listen 127.0.0.1:18481; keepalive_requests 1000000; $(scripts/bench/upstream-body.sh "$OUT") } }
-NGINX
+upstream_conf "$OUT" 127.0.0.1:18481 > "$OUT/upstream.conf"
 taskset -c 1 nginx -c "$OUT/upstream.conf" & PIDS+=($!)
-cat > "$OUT/jwtgate.toml" <<TOML
-[server]
-listen = "127.0.0.1:18482"
-workers = 1
-[okta]
-issuer = "$(cat "$OUT/issuer.txt")"
-audience = "api://bench"
-[upstreams.up]
-targets = ["http://127.0.0.1:18481"]
-[[routes]]
-path = "/api"
-upstream = "up"
-groups = ["bench"]
-[rate_limits.groups]
-bench = { requests = 1000000000, per = "1s" }
-[forward]
-claims_to_headers = { sub = "X-Auth-Subject", groups = "X-Auth-Groups" }
-TOML
-cat > "$OUT/proxy.conf" <<NGINX
-worker_processes 1; master_process off; daemon off; pid $OUT/proxy.pid; error_log stderr error;
-events { worker_connections 1024; }
-http { access_log off; upstream up { server 127.0.0.1:18481; keepalive 64; }
-  server { listen 127.0.0.1:18483; keepalive_requests 1000000;
-    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-NGINX
+gateway_toml 127.0.0.1:18482 "$(cat "$OUT/issuer.txt")" 127.0.0.1:18481 > "$OUT/jwtgate.toml"
+nginx_proxy_conf "$OUT" 127.0.0.1:18483 127.0.0.1:18481 > "$OUT/proxy.conf"
 
 names=(jwtgate-protected nginx-proxy hyper-carried)
 urls=(http://127.0.0.1:18482/api/x http://127.0.0.1:18483/x http://127.0.0.1:18484/x)
