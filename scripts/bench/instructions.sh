@@ -61,7 +61,7 @@ count() {
     # callgrind's simulated caches (the host's L1 and last-level sizes): misses per request
     # fetching instructions (I1), reading and writing data (D1), and in the last level (LL).
     awk -v n="$n" '/^events:/ { for (i = 2; i <= NF; i++) ev[i] = $i }
-      /^(summary|totals):/ { for (i = 2; i <= NF; i++) v[ev[i + 0]] = $i
+      /^(summary|totals):/ { for (i = 2; i <= NF; i++) v[ev[i]] = $i
         printf "; misses/request I1 %.0f, D1 %.0f, LL %.0f", v["I1mr"] / n,
           (v["D1mr"] + v["D1mw"]) / n, (v["ILmr"] + v["DLmr"] + v["DLmw"]) / n; exit }' "$dump"
   fi
