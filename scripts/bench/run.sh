@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Load benchmark: jwtgate against nginx (plain proxy) and HAProxy (JWT policy), on loopback.
 #
-#   scripts/bench/run.sh                  # 5 rounds x 8 s, -c64 and -c256 (about 20 min)
+#   scripts/bench/run.sh                  # 5 rounds x 8 s, -c64 and -c256 (about 35 min)
 #   ROUNDS=1 DURATION=2 scripts/bench/run.sh   # a quick smoke run
 #   BODY_BYTES=16384 scripts/bench/run.sh  # the upstream answers with a body of that size
 #                                          # (default: "ok\n", 3 bytes)
+#   PGO=0 scripts/bench/run.sh             # without the profile-guided build's rows
 #
 # Every proxy under test runs with one worker on CPU 0; wrk and the upstream run on CPU 1.
 # Rounds are interleaved (A B C D A B C D ...). Results: medians and ratios, printed and
@@ -26,6 +27,10 @@ if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null || ! command -v 
   apt-get update -q && apt-get install -y -q wrk nginx haproxy redis-server
 fi
 cargo build --release --locked --bin jwtgate --example bench_issuer --example bare_proxy
+# The profile-guided build (scripts/pgo/build.sh, about 10 minutes) is measured beside the
+# plain release build: the jwtgate-pgo-* targets.
+PGO=${PGO:-1}
+[ "$PGO" = 0 ] || scripts/pgo/build.sh
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
@@ -114,6 +119,18 @@ sed -e 's/18084/18086/; s/18094/18097/; s/^\[rate_limits.groups\]/[rate_limits]\
 RUST_LOG=warn taskset -c $PROXY_CPU target/release/jwtgate run --config "$OUT/conf/jwtgate-redis.toml" \
   --log-format json 2> "$OUT/jwtgate-redis.log" & PIDS+=($!)
 
+# The same two configurations (local and Redis limits) served by the profile-guided build.
+# Its training has no Redis in it (docs/performance.md): that row shows what untrained code
+# costs.
+if [ "$PGO" != 0 ]; then
+  sed -e 's/18084/18087/; s/18094/18098/' "$OUT/conf/jwtgate.toml" > "$OUT/conf/jwtgate-pgo.toml"
+  sed -e 's/18086/18090/; s/18097/18099/' "$OUT/conf/jwtgate-redis.toml" > "$OUT/conf/jwtgate-pgo-redis.toml"
+  for conf in jwtgate-pgo jwtgate-pgo-redis; do
+    RUST_LOG=warn taskset -c $PROXY_CPU target/pgo/jwtgate run --config "$OUT/conf/$conf.toml" \
+      --log-format json 2> "$OUT/$conf.log" & PIDS+=($!)
+  done
+fi
+
 # The floor of jwtgate's own HTTP machinery: hyper forwarding with nothing else, through
 # hyper-util's pooled client and through a connection carried by the client connection
 # (examples/bare_proxy.rs; jwtgate uses the latter for HTTP/1.1 clients).
@@ -122,10 +139,14 @@ taskset -c $PROXY_CPU target/release/examples/bare_proxy 127.0.0.1:18088 127.0.0
 taskset -c $PROXY_CPU target/release/examples/bare_proxy 127.0.0.1:18089 127.0.0.1:18081 carried \
   & PIDS+=($!)
 
-for port in 18081 18082 18083 18084 18085 18086 18088 18089; do
+PORTS="18081 18082 18083 18084 18085 18086 18088 18089"
+[ "$PGO" = 0 ] || PORTS="$PORTS 18087 18090"
+for port in $PORTS; do
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
 done
-for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:18094/readyz && break; sleep 0.1; done
+for admin in 18094 $([ "$PGO" = 0 ] || echo 18098); do
+  for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$admin/readyz" && break; sleep 0.1; done
+done
 
 run() { # scenario target conns round url [lua]
   local file="$OUT/runs/$1__$2__c$3__round$4.txt"
@@ -146,8 +167,14 @@ for round in $(seq "$ROUNDS"); do
     run reused jwtgate-protected "$c" "$round" http://127.0.0.1:18084/api/x scripts/bench/bearer.lua
     run reused jwtgate-public "$c" "$round" http://127.0.0.1:18084/public/x
     run reused jwtgate-redis "$c" "$round" http://127.0.0.1:18086/api/x scripts/bench/bearer.lua
+    if [ "$PGO" != 0 ]; then
+      run reused jwtgate-pgo-protected "$c" "$round" http://127.0.0.1:18087/api/x scripts/bench/bearer.lua
+      run reused jwtgate-pgo-public "$c" "$round" http://127.0.0.1:18087/public/x
+      run reused jwtgate-pgo-redis "$c" "$round" http://127.0.0.1:18090/api/x scripts/bench/bearer.lua
+    fi
     run distinct haproxy-jwt "$c" "$round" http://127.0.0.1:18083/api/x scripts/bench/tokens.lua
     run distinct jwtgate-protected "$c" "$round" http://127.0.0.1:18084/api/x scripts/bench/tokens.lua
+    [ "$PGO" = 0 ] || run distinct jwtgate-pgo-protected "$c" "$round" http://127.0.0.1:18087/api/x scripts/bench/tokens.lua
     run over-limit jwtgate-429 "$c" "$round" http://127.0.0.1:18085/limited/x scripts/bench/bearer.lua
   done
 done

@@ -65,3 +65,10 @@ for (scenario, conns), targets in sorted(rows.items()):
             f"\nRedis-backed limits: {shared[0] / local[0]:.2f}x the local limiter's req/s; "
             f"a Redis decision costs {cost_us:.1f} µs of gateway time per request."
         )
+    for route in ("protected", "public", "redis"):
+        plain, pgo = f"jwtgate-{route}", f"jwtgate-pgo-{route}"
+        if plain in targets and pgo in targets:
+            print(
+                f"\nProfile-guided build, {route}: {ratio(scenario, conns, pgo, plain, targets)}"
+                " the plain release build's req/s."
+            )
