@@ -327,7 +327,7 @@ struct Training {
     outsider: String,
     throttled: String,
     /// Valid tokens of distinct callers: each is verified once, then found in the cache.
-    callers: Arc<Vec<String>>,
+    callers: Vec<String>,
     /// Tokens the gateway must refuse, each with the reason.
     refused: Vec<(&'static str, String)>,
 }
@@ -350,11 +350,15 @@ impl Training {
             issuer.sign(&c)
         };
         let now = claims["iat"].as_i64().unwrap_or(0);
-        let mut bad_signature = member.clone();
-        let last = bad_signature
-            .pop()
-            .map_or('A', |c| if c == 'A' { 'B' } else { 'A' });
-        bad_signature.push(last);
+        // One character in the middle of the signature: a well-formed token whose RSA
+        // check fails (the last character holds mostly padding bits).
+        let at = member.len() - 40;
+        let flipped = if member.as_bytes()[at] == b'A' {
+            "B"
+        } else {
+            "A"
+        };
+        let bad_signature = format!("{}{flipped}{}", &member[..at], &member[at + 1..]);
         let refused = vec![
             ("token expired", with("exp", json!(now - 3600))),
             ("token not yet valid", with("nbf", json!(now + 3600))),
@@ -388,7 +392,7 @@ impl Training {
             member,
             outsider: issuer.token_for_user("outsider"),
             throttled: issuer.token_for_user("throttled"),
-            callers: Arc::new(callers),
+            callers,
             refused,
         }
     }
