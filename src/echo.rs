@@ -1,7 +1,7 @@
 //! An echo upstream, for the demo and the tests.
 //!
 //! By default it answers `200` with a JSON description of the request it received (method,
-//! path, query, headers, body size), reading the body as it streams. With the request header
+//! request target, path, query, headers, body size), reading the body as it streams. With the request header
 //! `x-echo-body: stream` it streams the request body back instead, so large bodies can be
 //! pushed through the gateway in both directions. It numbers the connections it accepts (from
 //! 1) and says in each JSON answer which one the request came on (`connection`).
@@ -134,6 +134,8 @@ async fn echo(req: Request<Incoming>, connection: u64) -> Response<Body> {
         .collect();
     let doc = serde_json::json!({
         "method": parts.method.as_str(),
+        // The request target as the upstream received it (origin or absolute form).
+        "target": parts.uri.to_string(),
         "path": parts.uri.path(),
         "query": parts.uri.query(),
         "version": format!("{:?}", parts.version),

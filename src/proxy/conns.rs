@@ -172,8 +172,9 @@ impl Parked {
     /// failure before the request was written, the request comes back for another attempt.
     async fn send(
         &mut self,
-        req: Request<Body>,
+        mut req: Request<Body>,
     ) -> Result<Response<Incoming>, (SendError, Option<Request<Body>>)> {
+        origin_form(req.uri_mut());
         let Parked {
             sender,
             conn,
@@ -208,6 +209,21 @@ impl Parked {
             }
         })
         .await
+    }
+}
+
+/// Leaves only the path and query of `uri`: a request to an origin server names its target in
+/// origin form (RFC 9112, section 3.2.1). hyper's connection writes the target it is given,
+/// and the absolute form (`GET http://10.0.0.5:8080/x`) would also tell the upstream to take
+/// the host from that target and ignore the `Host` the gateway passes on (section 3.2.2).
+/// hyper-util's pooled client makes the same change for the requests it sends.
+fn origin_form(uri: &mut Uri) {
+    if uri.scheme().is_some() || uri.authority().is_some() {
+        let pq = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *uri = Uri::from(pq);
     }
 }
 

@@ -169,6 +169,8 @@ async fn h2_is_negotiated_by_alpn_and_forwarded_as_http_1_1() {
     let doc = echo_doc(response).await;
     assert_eq!(doc["path"], "/h2/path");
     assert_eq!(doc["query"], "x=1");
+    // h2 requests go through the pooled client; it too sends the origin form.
+    assert_eq!(doc["target"], "/h2/path?x=1");
     assert_eq!(doc["version"], "HTTP/1.1");
     assert_eq!(doc["body_bytes"], 12);
     assert_eq!(
