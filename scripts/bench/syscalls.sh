@@ -6,6 +6,7 @@
 #
 #   scripts/bench/syscalls.sh              # 3 interleaved rounds of 8 s at -c64
 #   ROUNDS=5 CONNS=256 scripts/bench/syscalls.sh
+#   JWTGATE=target/pgo/jwtgate scripts/bench/syscalls.sh   # another jwtgate binary
 #
 # System calls per request do not depend on the machine's speed; the CPU times do (a busy
 # machine moves them by ±20 %), so compare them only within one run. The tracepoints add a
@@ -24,6 +25,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 cargo build --release --locked --bin jwtgate --example bench_issuer --example bare_proxy
 export RUST_LOG=warn
+JWTGATE=${JWTGATE:-target/release/jwtgate}
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
 PIDS=()
@@ -40,7 +42,7 @@ nginx_proxy_conf "$OUT" 127.0.0.1:18483 127.0.0.1:18481 > "$OUT/proxy.conf"
 names=(jwtgate-protected nginx-proxy hyper-carried)
 urls=(http://127.0.0.1:18482/api/x http://127.0.0.1:18483/x http://127.0.0.1:18484/x)
 pids=()
-taskset -c 0 target/release/jwtgate run --config "$OUT/jwtgate.toml" > "$OUT/jwtgate.log" 2>&1 &
+taskset -c 0 "$JWTGATE" run --config "$OUT/jwtgate.toml" > "$OUT/jwtgate.log" 2>&1 &
 pids+=($!)
 taskset -c 0 nginx -c "$OUT/proxy.conf" & pids+=($!)
 taskset -c 0 target/release/examples/bare_proxy 127.0.0.1:18484 127.0.0.1:18481 carried &
