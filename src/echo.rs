@@ -1,10 +1,10 @@
 //! An echo upstream, for the demo and the tests.
 //!
 //! By default it answers `200` with a JSON description of the request it received (method,
-//! request target, path, query, headers, body size), reading the body as it streams. With the request header
-//! `x-echo-body: stream` it streams the request body back instead, so large bodies can be
-//! pushed through the gateway in both directions. It numbers the connections it accepts (from
-//! 1) and says in each JSON answer which one the request came on (`connection`).
+//! request target, path, query, headers, body size), reading the body as it streams. With the
+//! request header `x-echo-body: stream` it streams the request body back instead, so large
+//! bodies can be pushed through the gateway in both directions. It numbers the connections it
+//! accepts (from 1) and says in each JSON answer which one the request came on (`connection`).
 
 use std::convert::Infallible;
 use std::io;

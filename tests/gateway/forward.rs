@@ -78,41 +78,6 @@ async fn forwarding_headers_are_set_by_the_gateway() {
     assert_eq!(r.upstream_header("host").as_deref(), Some("api.example"));
 }
 
-/// The upstream is an origin server: it gets the path and query only (RFC 9112, section
-/// 3.2.1), on the first request of a connection and on the ones its carried upstream
-/// connection serves after it, so it takes the host from `Host` and not from the target.
-#[tokio::test]
-async fn requests_reach_the_upstream_in_origin_form() {
-    let h = Harness::start().await;
-    for (path, target) in [
-        ("/public/x?a=1&b=2", "/public/x?a=1&b=2"),
-        ("/public/stripped/y?q", "/y?q"),
-        ("/public", "/public"),
-    ] {
-        let r = h
-            .send(
-                Request::get(path)
-                    .header("host", "api.example")
-                    .body(body::empty())
-                    .unwrap(),
-            )
-            .await;
-        assert_eq!(r.status, 200);
-        assert_eq!(r.json()["target"], target, "for {path}");
-        assert_eq!(r.upstream_header("host").as_deref(), Some("api.example"));
-    }
-    // All three went through one client connection, so its upstream connection was reused.
-    assert_eq!(h.echo.connections(), 1);
-
-    // A client may send the absolute form to the gateway; the upstream still gets the origin
-    // form.
-    let raw = h
-        .raw(b"GET http://api.example/public/z?k=v HTTP/1.1\r\nHost: api.example\r\nConnection: close\r\n\r\n")
-        .await;
-    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
-    assert!(raw.contains(r#""target":"/public/z?k=v""#), "{raw}");
-}
-
 #[tokio::test]
 async fn the_bearer_token_is_not_forwarded_by_default() {
     let h = Harness::start().await;

@@ -61,6 +61,43 @@ async fn a_keep_alive_client_keeps_one_upstream_connection() {
     assert_eq!(h.echo.connections(), 1);
 }
 
+/// The upstream is an origin server: it gets the path and query only (RFC 9112, section
+/// 3.2.1), on the first request of a connection and on the ones its carried upstream
+/// connection serves after it, so it takes the host from `Host` and not from the target.
+#[tokio::test]
+async fn requests_reach_the_upstream_in_origin_form() {
+    let h = Harness::start().await;
+    let mut client = KeepAlive::open(h.gateway.listen_addr()).await;
+    for (path, target) in [
+        ("/public/x?a=1&b=2", "/public/x?a=1&b=2"),
+        ("/public/stripped/y?q", "/y?q"),
+        ("/public", "/public"),
+    ] {
+        let (status, body) = client.get(path).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(doc["target"], target, "for {path}");
+        let hosts: Vec<&serde_json::Value> = doc["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|pair| pair[0] == "host")
+            .map(|pair| &pair[1])
+            .collect();
+        assert_eq!(hosts, ["gateway.test"], "the client's Host, for {path}");
+    }
+    // All three went through one client connection, so its upstream connection was reused.
+    assert_eq!(h.echo.connections(), 1);
+
+    // A client may send the absolute form to the gateway; the upstream still gets the origin
+    // form.
+    let raw = h
+        .raw(b"GET http://api.example/public/z?k=v HTTP/1.1\r\nHost: api.example\r\nConnection: close\r\n\r\n")
+        .await;
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.contains(r#""target":"/public/z?k=v""#), "{raw}");
+}
+
 #[tokio::test]
 async fn two_clients_at_once_get_two_upstream_connections() {
     let h = Harness::start().await;
