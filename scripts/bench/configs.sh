@@ -1,4 +1,54 @@
-# Configuration files shared by the benchmark scripts (sourced, not run).
+# Configuration files and set-up shared by the benchmark scripts (sourced, not run).
+
+# install_missing TOOL...: installs from Debian the tools not on PATH (`perf` is linux-perf).
+install_missing() {
+  local need=() tool
+  for tool in "$@"; do command -v "$tool" >/dev/null || need+=("$tool"); done
+  if [ ${#need[@]} -gt 0 ]; then
+    need=("${need[@]/#perf/linux-perf}")
+    apt-get update -q && apt-get install -y -q "${need[@]}"
+  fi
+}
+
+# start_cpu0_targets PORT: the bench issuer on PORT and the upstream on CPU 1 (PORT+1), then
+# each alone on CPU 0: jwtgate's protected route ($JWTGATE, PORT+2), nginx as a plain proxy
+# (PORT+3) and the bare hyper proxy with a carried connection (PORT+4). Sets `names`, `urls`
+# and `pids` (one each per target), adds every process to PIDS, and returns once each target
+# answers 200 (jwtgate: once it holds the issuer's keys) and has had 2 s of load() to warm up.
+# jwtgate's configuration sits in $OUT/conf, a folder of its own: jwtgate watches its file's
+# folder for reloads, and the measurements' writes into $OUT would wake its watcher thread.
+start_cpu0_targets() {
+  local up=127.0.0.1:$(($1 + 1)) url
+  target/release/examples/bench_issuer "$1" "$OUT" 1 & PIDS+=($!)
+  until [ -s "$OUT/token.txt" ]; do sleep 0.1; done
+  upstream_conf "$OUT" "$up" > "$OUT/upstream.conf"
+  taskset -c 1 nginx -c "$OUT/upstream.conf" & PIDS+=($!)
+  mkdir -p "$OUT/conf"
+  gateway_toml "127.0.0.1:$(($1 + 2))" "$(cat "$OUT/issuer.txt")" "$up" > "$OUT/conf/jwtgate.toml"
+  nginx_proxy_conf "$OUT" "127.0.0.1:$(($1 + 3))" "$up" > "$OUT/proxy.conf"
+  names=(jwtgate-protected nginx-proxy hyper-carried)
+  urls=("http://127.0.0.1:$(($1 + 2))/api/x" "http://127.0.0.1:$(($1 + 3))/x"
+    "http://127.0.0.1:$(($1 + 4))/x")
+  pids=()
+  taskset -c 0 "$JWTGATE" run --config "$OUT/conf/jwtgate.toml" > "$OUT/jwtgate.log" 2>&1 &
+  pids+=($!)
+  taskset -c 0 nginx -c "$OUT/proxy.conf" & pids+=($!)
+  taskset -c 0 target/release/examples/bare_proxy "127.0.0.1:$(($1 + 4))" "$up" carried &
+  pids+=($!)
+  PIDS+=("${pids[@]}")
+  for url in "${urls[@]}"; do
+    until curl -sf -o /dev/null -H "Authorization: Bearer $(cat "$OUT/token.txt")" "$url"; do
+      sleep 0.2
+    done
+    load "$url" 2 > /dev/null
+  done
+}
+
+# load URL SECONDS: wrk (-t1 -c$CONNS, one token) on CPU 1; prints the requests it completed.
+load() {
+  TOKEN_FILE="$OUT/token.txt" taskset -c 1 wrk -t1 -c"$CONNS" -d"$2s" -s scripts/bench/bearer.lua \
+    "$1" | awk '/requests in/ {print $1}'
+}
 
 # gateway_toml LISTEN ISSUER UPSTREAM [SERVER_LINE]: jwtgate with one worker; /api protected
 # (group `bench`, a rate limit that never triggers, two identity headers), /public public;

@@ -18,9 +18,7 @@ cd "$(dirname "$0")/../.."
 . scripts/bench/configs.sh
 OUT=${OUT:-$(mktemp -d /tmp/jwtgate-instructions.XXXXXX)}
 mkdir -p "$OUT"
-need=()
-for tool in wrk nginx valgrind; do command -v "$tool" >/dev/null || need+=("$tool"); done
-if [ ${#need[@]} -gt 0 ]; then apt-get update -q && apt-get install -y -q "${need[@]}"; fi
+install_missing wrk nginx valgrind
 cargo build --release --locked --bin jwtgate --example bench_issuer --example bare_proxy
 BINS=${BINS:-target/release/jwtgate}
 export RUST_LOG=warn

@@ -13,12 +13,7 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-$(mktemp -d /tmp/jwtgate-kernel.XXXXXX)}
 DURATION=${DURATION:-8} CONNS=${CONNS:-64} TOP=${TOP:-25}
 mkdir -p "$OUT"
-need=()
-for tool in wrk nginx perf; do command -v "$tool" >/dev/null || need+=("$tool"); done
-if [ ${#need[@]} -gt 0 ]; then
-  need=("${need[@]/perf/linux-perf}")
-  apt-get update -q && apt-get install -y -q "${need[@]}"
-fi
+install_missing wrk nginx perf
 cargo build --release --locked --bin jwtgate --example bench_issuer --example bare_proxy
 export RUST_LOG=warn
 JWTGATE=${JWTGATE:-target/release/jwtgate}
@@ -27,36 +22,7 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-target/release/examples/bench_issuer 18490 "$OUT" 1 & PIDS+=($!)
-until [ -s "$OUT/token.txt" ]; do sleep 0.1; done
-upstream_conf "$OUT" 127.0.0.1:18491 > "$OUT/upstream.conf"
-taskset -c 1 nginx -c "$OUT/upstream.conf" & PIDS+=($!)
-# The configuration in a folder of its own: jwtgate watches its file's folder for reloads, and
-# perf's writes next to it would wake the watcher thread during the measurement.
-mkdir -p "$OUT/conf"
-gateway_toml 127.0.0.1:18492 "$(cat "$OUT/issuer.txt")" 127.0.0.1:18491 > "$OUT/conf/jwtgate.toml"
-nginx_proxy_conf "$OUT" 127.0.0.1:18493 127.0.0.1:18491 > "$OUT/proxy.conf"
-
-names=(jwtgate-protected nginx-proxy hyper-carried)
-urls=(http://127.0.0.1:18492/api/x http://127.0.0.1:18493/x http://127.0.0.1:18494/x)
-pids=()
-taskset -c 0 "$JWTGATE" run --config "$OUT/conf/jwtgate.toml" > "$OUT/jwtgate.log" 2>&1 &
-pids+=($!)
-taskset -c 0 nginx -c "$OUT/proxy.conf" & pids+=($!)
-taskset -c 0 target/release/examples/bare_proxy 127.0.0.1:18494 127.0.0.1:18491 carried &
-pids+=($!)
-PIDS+=("${pids[@]}")
-
-load() { # URL SECONDS: prints the requests wrk completed
-  TOKEN_FILE="$OUT/token.txt" taskset -c 1 wrk -t1 -c"$CONNS" -d"$2s" -s scripts/bench/bearer.lua \
-    "$1" | awk '/requests in/ {print $1}'
-}
-for url in "${urls[@]}"; do
-  until curl -sf -o /dev/null -H "Authorization: Bearer $(cat "$OUT/token.txt")" "$url"; do
-    sleep 0.2
-  done
-  load "$url" 2 > /dev/null
-done
+start_cpu0_targets 18490
 
 counters() { # PID: minor faults, major faults, voluntary and involuntary context switches
   awk '{printf "%s %s ", $10, $12}' "/proc/$1/stat"
