@@ -8,11 +8,20 @@
 #   BINS="old/jwtgate target/release/jwtgate" scripts/bench/instructions.sh   # compare builds
 #   BODY_BYTES=16384 scripts/bench/instructions.sh   # upstream answers with a body of that size
 #   CACHE_SIM=1 scripts/bench/instructions.sh     # also simulated cache misses per request
+#   CONNS=256 scripts/bench/instructions.sh       # wrk's connections (default 8)
+#   ONLY=jwtgate scripts/bench/instructions.sh    # skip nginx and the bare hyper proxy
+#   DURATION=40 scripts/bench/instructions.sh     # seconds counted (default 8)
+#   VALGRIND_OPTS=--LL=2097152,16,64 CACHE_SIM=1 scripts/bench/instructions.sh
+#                                                 # simulate the 2 MiB L2 as the last level
 #
 # Each gateway runs under callgrind with one worker; wrk warms it up for 2 s, the counters are
-# zeroed, wrk sends the one-token load for 8 s (-c8), and the script prints the instructions
-# counted divided by the requests served. The kernel's share (about 40 % of a core under load,
-# docs/performance.md) is not counted. Set PROFILE=1 to keep each callgrind file in $OUT.
+# zeroed, wrk sends the one-token load for 8 s (-c8; or DURATION, CONNS), and the script prints
+# the instructions counted divided by the requests served. The kernel's share (about 40 % of a
+# core under load, docs/performance.md) is not counted. Set PROFILE=1 to keep each callgrind
+# file in $OUT. The measured wrk opens its CONNS connections anew, and their set-up is counted:
+# with many connections, count for longer (CONNS=256 DURATION=40: 256 set-ups in 18,000 requests).
+# wrk waits up to 60 s for an answer: under valgrind one request among 256 connections takes
+# longer than wrk's default 2 s, and wrk would reconnect.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/bench/configs.sh
@@ -21,6 +30,8 @@ mkdir -p "$OUT"
 install_missing wrk nginx valgrind
 cargo build --release --locked --bin jwtgate --example bench_issuer --example bare_proxy
 BINS=${BINS:-target/release/jwtgate}
+CONNS=${CONNS:-8}
+DURATION=${DURATION:-8}
 export RUST_LOG=warn
 
 PIDS=()
@@ -43,12 +54,12 @@ count() {
   # Until it answers 200 (for the protected route: once it holds the issuer's keys).
   until curl -sf -o /dev/null -H "Authorization: Bearer $(cat "$OUT/token.txt")" \
     "http://127.0.0.1:$port$path"; do sleep 0.2; done
-  TOKEN_FILE="$OUT/token.txt" wrk -t1 -c8 -d2s -s scripts/bench/bearer.lua \
-    "http://127.0.0.1:$port$path" > /dev/null
+  TOKEN_FILE="$OUT/token.txt" wrk -t1 -c"$CONNS" -d2s --timeout 60s \
+    -s scripts/bench/bearer.lua "http://127.0.0.1:$port$path" > /dev/null
   callgrind_control -z "$vg" > /dev/null 2>&1
   local n
-  n=$(TOKEN_FILE="$OUT/token.txt" wrk -t1 -c8 -d8s -s scripts/bench/bearer.lua \
-    "http://127.0.0.1:$port$path" | awk '/requests in/ {print $1}')
+  n=$(TOKEN_FILE="$OUT/token.txt" wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 60s \
+    -s scripts/bench/bearer.lua "http://127.0.0.1:$port$path" | awk '/requests in/ {print $1}')
   callgrind_control -d "$vg" > /dev/null 2>&1
   kill "$vg"; wait "$vg" 2>/dev/null || true
   local dump ir
@@ -75,6 +86,7 @@ for bin in $BINS; do
   done
   port=$((port + 1))
 done
+[ "${ONLY:-}" != jwtgate ] || exit 0
 # nginx as the plain reverse proxy of run.sh, one process (no master), counted the same way.
 nginx_proxy_conf "$OUT" "127.0.0.1:$port" 127.0.0.1:18381 > "$OUT/proxy.conf"
 count "nginx plain proxy" "$port" /x nginx -c "$OUT/proxy.conf"
