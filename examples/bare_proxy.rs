@@ -60,7 +60,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         // jwtgate's carried connections keep (one timer per connection).
                         let sent = upstreams
                             .conns()
-                            .send(affinity, &target, req, DEADLINE)
+                            .send(affinity, Target::clone(&target), req, DEADLINE)
                             .await;
                         sent.ok().map(|r| r.map(Body::new))
                     } else {

@@ -22,6 +22,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::header::{HOST, HeaderValue};
 use http::uri::PathAndQuery;
@@ -31,6 +32,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tower::Service;
 
+use crate::access_log::Record;
 use crate::auth::validate::Identity;
 use crate::body::{self, Body};
 use crate::config::{self, Target};
@@ -94,7 +96,7 @@ pub fn connector(timeouts: ConnectTimeouts) -> Result<HttpsConnector<Connector>,
 #[derive(Debug, Clone)]
 pub struct Upstreams {
     client: HttpClient,
-    conns: conns::Connections,
+    conns: Arc<conns::Connections>,
 }
 
 impl Upstreams {
@@ -107,7 +109,7 @@ impl Upstreams {
         let connector = connector(timeouts)?;
         Ok(Upstreams {
             client: pooled(connector.clone()),
-            conns: conns::Connections::new(connector),
+            conns: Arc::new(conns::Connections::new(connector)),
         })
     }
 
@@ -117,7 +119,7 @@ impl Upstreams {
     }
 
     /// The connections carried by client connections, and the idle ones.
-    pub fn conns(&self) -> &conns::Connections {
+    pub fn conns(&self) -> &Arc<conns::Connections> {
         &self.conns
     }
 }
@@ -150,19 +152,53 @@ impl Service<Request<Body>> for Forward {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let upstreams = self.upstreams.clone();
-        Box::pin(async move {
-            Ok(forward(&upstreams, req)
-                .await
-                .unwrap_or_else(Reject::into_response))
-        })
+        let prepared = match prepare(req) {
+            Ok(prepared) => prepared,
+            Err(reject) => return Box::pin(std::future::ready(Ok(reject.into_response()))),
+        };
+        let Prepared {
+            req,
+            target,
+            timeout,
+            affinity,
+            websocket,
+            finish,
+        } = prepared;
+        match affinity {
+            // The carried connection keeps one timer for the deadlines of all its requests.
+            // The future kept for the request is the send itself and what the answer needs.
+            Some(affinity) => Box::pin(Forwarding {
+                sending: self.upstreams.conns.send(affinity, target, req, timeout),
+                finish: Some(finish),
+            }),
+            None => Box::pin(through_pool(
+                self.upstreams.clone(),
+                req,
+                timeout,
+                websocket,
+                finish,
+            )),
+        }
     }
 }
 
 /// The client address of a request that came on no connection (the stack called directly).
 static LOOPBACK: HeaderValue = HeaderValue::from_static("127.0.0.1");
 
-async fn forward(upstreams: &Upstreams, mut req: Request<Body>) -> Result<Response<Body>, Reject> {
+/// A request ready for its upstream, and what its answer needs.
+struct Prepared {
+    req: Request<Body>,
+    target: Target,
+    /// The upstream's deadline for the response head.
+    timeout: Duration,
+    /// The upstream connection the client connection carries, if the request may use it.
+    affinity: Option<Arc<Affinity>>,
+    websocket: bool,
+    finish: Finish,
+}
+
+/// Takes the request's context and rewrites the request for a target of its route's upstream.
+fn prepare(mut req: Request<Body>) -> Result<Prepared, Reject> {
     let Some(RequestContext {
         snapshot,
         conn,
@@ -189,68 +225,128 @@ async fn forward(upstreams: &Upstreams, mut req: Request<Body>) -> Result<Respon
         conn,
         identity,
     )?;
+    Ok(Prepared {
+        req,
+        target: target.clone(),
+        timeout: route.upstream.timeout,
+        affinity,
+        websocket,
+        finish: Finish { record, snapshot },
+    })
+}
+
+pin_project_lite::pin_project! {
+    /// A request sent over the upstream connection its client connection carries, until the
+    /// response head.
+    struct Forwarding<F> {
+        #[pin]
+        sending: F,
+        finish: Option<Finish>,
+    }
+}
+
+impl<F> Future for Forwarding<F>
+where
+    F: Future<Output = Result<Response<conns::Driven>, conns::SendError>>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let sent = std::task::ready!(this.sending.poll(cx));
+        let response = match this.finish.take() {
+            Some(finish) => finish
+                .answer(sent.map(|r| (r.map(Body::new), false)))
+                .unwrap_or_else(Reject::into_response),
+            None => {
+                tracing::error!("forward polled after it answered");
+                Reject::Internal.into_response()
+            }
+        };
+        Poll::Ready(Ok(response))
+    }
+}
+
+/// Sends through the pooled client: h2 clients' requests and WebSocket upgrades.
+async fn through_pool(
+    upstreams: Arc<Upstreams>,
+    mut req: Request<Body>,
+    timeout: Duration,
+    websocket: bool,
+    finish: Finish,
+) -> Result<Response<Body>, Infallible> {
     let mut client_upgrade = websocket.then(|| {
         headers::restore_websocket_upgrade(req.headers_mut());
         hyper::upgrade::on(&mut req)
     });
-
-    let timeout = route.upstream.timeout;
-    let sent = match affinity {
-        // The carried connection keeps one timer for the deadlines of all its requests.
-        Some(affinity) => upstreams
-            .conns
-            .send(affinity, target, req, timeout)
-            .await
-            .map(|r| (r.map(Body::new), false)),
-        None => match tokio::time::timeout(timeout, upstreams.client.request(req)).await {
-            Err(_) => Err(conns::SendError::Timeout),
-            Ok(Ok(mut response)) => {
-                let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS
-                    && client_upgrade.is_some();
-                if let (Some(client), true) = (client_upgrade.take(), upgraded) {
-                    let upstream = hyper::upgrade::on(&mut response);
-                    tokio::spawn(tunnel(client, upstream));
-                }
-                Ok((response.map(body::boxed), upgraded))
+    let sent = match tokio::time::timeout(timeout, upstreams.client.request(req)).await {
+        Err(_) => Err(conns::SendError::Timeout),
+        Ok(Ok(mut response)) => {
+            let upgraded =
+                response.status() == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_some();
+            if let (Some(client), true) = (client_upgrade.take(), upgraded) {
+                let upstream = hyper::upgrade::on(&mut response);
+                tokio::spawn(tunnel(client, upstream));
             }
-            Ok(Err(e)) if e.is_connect() => Err(conns::SendError::Connect(e.into())),
-            Ok(Err(e)) => Err(conns::SendError::Http(e.into())),
-        },
+            Ok((response.map(body::boxed), upgraded))
+        }
+        Ok(Err(e)) if e.is_connect() => Err(conns::SendError::Connect(e.into())),
+        Ok(Err(e)) => Err(conns::SendError::Http(e.into())),
     };
-    match sent {
-        Err(conns::SendError::Timeout) => {
-            tracing::warn!(upstream = %route.upstream.name, %target, ?timeout, "upstream timed out");
-            upstream_error(&snapshot, &route.upstream.name, "timeout");
-            Err(Reject::UpstreamTimeout)
-        }
-        Err(e) => {
-            let kind = e.kind();
-            tracing::warn!(
-                upstream = %route.upstream.name,
-                %target,
-                kind,
-                error = %e.chain(),
-                "upstream failed"
-            );
-            upstream_error(&snapshot, &route.upstream.name, kind);
-            Err(Reject::UpstreamFailed)
-        }
-        Ok((response, upgraded)) => {
-            let (mut parts, body) = response.into_parts();
-            headers::remove_hop_by_hop(&mut parts.headers);
-            if upgraded {
-                headers::restore_websocket_upgrade(&mut parts.headers);
-                return Ok(Response::from_parts(parts, body));
+    Ok(finish.answer(sent).unwrap_or_else(Reject::into_response))
+}
+
+/// What the answer to a forwarded request needs: its record, with the route and target (for
+/// the log and the metrics of a failure), and the configuration it was served under.
+struct Finish {
+    record: Arc<Record>,
+    snapshot: Arc<Snapshot>,
+}
+
+impl Finish {
+    /// The client's response to what the upstream sent back (and whether it switched to a
+    /// WebSocket): 502 / 504 for a failure, the upstream's response without its hop-by-hop
+    /// headers otherwise.
+    fn answer(
+        self,
+        sent: Result<(Response<Body>, bool), conns::SendError>,
+    ) -> Result<Response<Body>, Reject> {
+        let Finish { record, snapshot } = self;
+        // Both set by `prepare`.
+        let route = record.route.get();
+        let upstream = route.map_or("", |r| r.upstream.name.as_str());
+        let target = record.upstream.get().map(tracing::field::display);
+        match sent {
+            Err(conns::SendError::Timeout) => {
+                let timeout = route.map(|r| tracing::field::debug(r.upstream.timeout));
+                tracing::warn!(upstream, target, timeout, "upstream timed out");
+                upstream_error(&snapshot, upstream, "timeout");
+                Err(Reject::UpstreamTimeout)
             }
-            // The upstream's HTTP version is its own hop's; hyper answers the client in the
-            // version of the client's connection.
-            parts.version = Version::HTTP_11;
-            if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-                // A 101 nobody asked for cannot be relayed: the client did not offer to switch.
-                tracing::warn!(upstream = %route.upstream.name, %target, "unsolicited 101 from upstream");
-                return Err(Reject::UpstreamFailed);
+            Err(e) => {
+                let kind = e.kind();
+                tracing::warn!(upstream, target, kind, error = %e.chain(), "upstream failed");
+                upstream_error(&snapshot, upstream, kind);
+                Err(Reject::UpstreamFailed)
             }
-            Ok(Response::from_parts(parts, body))
+            Ok((response, upgraded)) => {
+                let (mut parts, body) = response.into_parts();
+                headers::remove_hop_by_hop(&mut parts.headers);
+                if upgraded {
+                    headers::restore_websocket_upgrade(&mut parts.headers);
+                    return Ok(Response::from_parts(parts, body));
+                }
+                // The upstream's HTTP version is its own hop's; hyper answers the client in the
+                // version of the client's connection.
+                parts.version = Version::HTTP_11;
+                if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+                    // A 101 nobody asked for cannot be relayed: the client did not offer to
+                    // switch.
+                    tracing::warn!(upstream, target, "unsolicited 101 from upstream");
+                    return Err(Reject::UpstreamFailed);
+                }
+                Ok(Response::from_parts(parts, body))
+            }
         }
     }
 }
@@ -258,9 +354,8 @@ async fn forward(upstreams: &Upstreams, mut req: Request<Body>) -> Result<Respon
 /// Rewrites `req` for `target`: the upstream URI, HTTP/1.1, and the headers
 /// (`headers::prepare_request`). Returns the upstream connection the client connection
 /// carries, when this request may use it, and whether the request asks for a WebSocket
-/// upgrade. Kept out of `forward` so that none of its locals become part of the future
-/// `forward` keeps across the upstream round trip (a borrowed local stays in an async
-/// function's state until its scope ends).
+/// upgrade. Synchronous, like all of `prepare`: none of its locals become part of the
+/// future kept across the upstream round trip.
 fn rewrite(
     req: &mut Request<Body>,
     route: &CompiledRoute,

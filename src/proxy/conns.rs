@@ -28,7 +28,7 @@ use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body::Frame;
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
+use hyper::client::conn::{TrySendError, http1};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -168,47 +168,80 @@ impl Parked {
         .await
     }
 
-    /// Sends `req` and waits for the response head, driving the connection meanwhile. On a
-    /// failure before the request was written, the request comes back for another attempt.
-    async fn send(
-        &mut self,
-        mut req: Request<Body>,
-    ) -> Result<Response<Incoming>, (SendError, Option<Request<Body>>)> {
+    /// Hands `req` to the connection at once and returns the wait for its response head,
+    /// which drives the connection meanwhile. On a failure before the request was written, the
+    /// request comes back for another attempt.
+    ///
+    /// Not an `async fn`: one would keep `req` in its state twice (as its argument and as the
+    /// local it moves into) across the whole round trip, and the future of a request is
+    /// copied into a fresh allocation for each request (docs/performance.md, "The state of a
+    /// request").
+    fn send(&mut self, mut req: Request<Body>) -> Sending<'_, impl TrySend> {
         origin_form(req.uri_mut());
+        let sending = self.sender.try_send_request(req);
         let Parked {
-            sender,
+            conn, done, timer, ..
+        } = self;
+        Sending {
+            sending,
             conn,
             done,
             timer,
-            ..
-        } = self;
-        let mut sending = std::pin::pin!(sender.try_send_request(req));
-        let mut failure: Option<hyper::Error> = None;
-        poll_fn(|cx| {
-            if !*done && let Poll::Ready(result) = conn.as_mut().poll(cx) {
-                *done = true;
-                failure = result.err();
+            failure: None,
+        }
+    }
+}
+
+/// The future `SendRequest::try_send_request` returns.
+trait TrySend: Future<Output = Result<Response<Incoming>, TrySendError<Request<Body>>>> {}
+
+impl<F> TrySend for F where
+    F: Future<Output = Result<Response<Incoming>, TrySendError<Request<Body>>>>
+{
+}
+
+pin_project_lite::pin_project! {
+    /// A request handed to an upstream connection, until its response head: polls the
+    /// connection, which writes the request and reads the head, and the wait for the head.
+    struct Sending<'a, F> {
+        #[pin]
+        sending: F,
+        conn: &'a mut Pin<Box<http1::Connection<Io, Body>>>,
+        done: &'a mut bool,
+        timer: &'a mut Deadline,
+        failure: Option<hyper::Error>,
+    }
+}
+
+impl<F: TrySend> Future for Sending<'_, F> {
+    type Output = Result<Response<Incoming>, (SendError, Option<Request<Body>>)>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if !**this.done
+            && let Poll::Ready(result) = this.conn.as_mut().poll(cx)
+        {
+            **this.done = true;
+            *this.failure = result.err();
+        }
+        match this.sending.poll(cx) {
+            Poll::Ready(Ok(response)) => Poll::Ready(Ok(response)),
+            Poll::Ready(Err(mut e)) => {
+                let unsent = e.take_message();
+                let cause = this.failure.take().unwrap_or_else(|| e.into_error());
+                Poll::Ready(Err((SendError::Http(cause.into()), unsent)))
             }
-            match sending.as_mut().poll(cx) {
-                Poll::Ready(Ok(response)) => Poll::Ready(Ok(response)),
-                Poll::Ready(Err(mut e)) => {
-                    let unsent = e.take_message();
-                    let cause = failure.take().unwrap_or_else(|| e.into_error());
-                    Poll::Ready(Err((SendError::Http(cause.into()), unsent)))
-                }
-                // The connection has ended without answering: nothing will.
-                Poll::Pending if *done => Poll::Ready(Err((
-                    SendError::Http(failure.take().map_or_else(
-                        || BoxError::from("the upstream closed the connection"),
-                        BoxError::from,
-                    )),
-                    None,
-                ))),
-                Poll::Pending if timer.passed(cx) => Poll::Ready(Err((SendError::Timeout, None))),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await
+            // The connection has ended without answering: nothing will.
+            Poll::Pending if **this.done => Poll::Ready(Err((
+                SendError::Http(this.failure.take().map_or_else(
+                    || BoxError::from("the upstream closed the connection"),
+                    BoxError::from,
+                )),
+                None,
+            ))),
+            Poll::Pending if this.timer.passed(cx) => Poll::Ready(Err((SendError::Timeout, None))),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -361,39 +394,45 @@ impl Connections {
     /// one, and returns the response with a body that drives the connection and hands it back
     /// to `affinity` once the response is complete.
     ///
+    /// Returns a future that borrows nothing, so a caller can keep it as it is rather than
+    /// await it from an `async fn` of its own (which would store `req` again).
+    ///
     /// # Errors
     ///
     /// No connection could be opened, the one used failed before the response head, or the
     /// response head did not come within `timeout` (which includes opening a connection).
-    pub async fn send(
-        &self,
+    pub fn send(
+        self: &Arc<Self>,
         affinity: Arc<Affinity>,
-        target: &Target,
+        target: Target,
         mut req: Request<Body>,
         timeout: Duration,
-    ) -> Result<Response<Driven>, SendError> {
+    ) -> impl Future<Output = Result<Response<Driven>, SendError>> + Send + 'static {
         let deadline = TokioInstant::now() + timeout;
-        let reused = affinity.take(target).or_else(|| self.idle.take(target));
-        if let Some(mut parked) = reused {
-            parked.timer.aim(deadline);
-            if parked.ready().await? {
-                match parked.send(req).await {
-                    Ok(response) => return Ok(keep(response, parked, affinity)),
-                    // Closed under us before the request went out: try a fresh connection.
-                    Err((SendError::Http(_), Some(unsent))) => req = unsent,
-                    Err((e, _)) => return Err(e),
+        let reused = affinity.take(&target).or_else(|| self.idle.take(&target));
+        let conns = self.clone();
+        async move {
+            if let Some(mut parked) = reused {
+                parked.timer.aim(deadline);
+                if parked.ready().await? {
+                    match parked.send(req).await {
+                        Ok(response) => return Ok(keep(response, parked, affinity)),
+                        // Closed under us before the request went out: try a fresh connection.
+                        Err((SendError::Http(_), Some(unsent))) => req = unsent,
+                        Err((e, _)) => return Err(e),
+                    }
                 }
             }
-        }
-        // Boxed: opening (connect, TLS, handshake) is the rare path and by far the largest
-        // state; inline, every request's future would be that size, copied at every move.
-        let mut parked = Box::pin(tokio::time::timeout_at(deadline, self.open(target)))
-            .await
-            .map_err(|_| SendError::Timeout)??;
-        parked.timer.aim(deadline);
-        match parked.send(req).await {
-            Ok(response) => Ok(keep(response, parked, affinity)),
-            Err((e, _)) => Err(e),
+            // Boxed: opening (connect, TLS, handshake) is the rare path and by far the largest
+            // state; inline, every request's future would be that size, copied at every move.
+            let mut parked = Box::pin(tokio::time::timeout_at(deadline, conns.open(&target)))
+                .await
+                .map_err(|_| SendError::Timeout)??;
+            parked.timer.aim(deadline);
+            match parked.send(req).await {
+                Ok(response) => Ok(keep(response, parked, affinity)),
+                Err((e, _)) => Err(e),
+            }
         }
     }
 }
@@ -475,9 +514,11 @@ mod tests {
     use crate::echo::EchoServer;
     use crate::proxy::upstream::ConnectTimeouts;
 
-    async fn setup() -> (EchoServer, Connections, Target) {
+    async fn setup() -> (EchoServer, Arc<Connections>, Target) {
         let echo = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
-        let conns = Connections::new(crate::proxy::connector(ConnectTimeouts::default()).unwrap());
+        let conns = Arc::new(Connections::new(
+            crate::proxy::connector(ConnectTimeouts::default()).unwrap(),
+        ));
         let target = Target {
             scheme: http::uri::Scheme::HTTP,
             authority: echo.addr().to_string().parse().unwrap(),
@@ -498,7 +539,7 @@ mod tests {
         let (echo, conns, target) = setup().await;
         let first = Arc::new(Affinity::default());
         let response = conns
-            .send(first.clone(), &target, get(&target), T)
+            .send(first.clone(), target.clone(), get(&target), T)
             .await
             .unwrap();
         response.into_body().collect().await.unwrap();
@@ -511,7 +552,7 @@ mod tests {
 
         let second = Arc::new(Affinity::default());
         let response = conns
-            .send(second.clone(), &target, get(&target), T)
+            .send(second.clone(), target.clone(), get(&target), T)
             .await
             .unwrap();
         response.into_body().collect().await.unwrap();
@@ -527,7 +568,7 @@ mod tests {
         let (echo, conns, target) = setup().await;
         let affinity = Arc::new(Affinity::default());
         let response = conns
-            .send(affinity.clone(), &target, get(&target), T)
+            .send(affinity.clone(), target.clone(), get(&target), T)
             .await
             .unwrap();
         drop(response);
@@ -539,7 +580,7 @@ mod tests {
 
         let affinity = Arc::new(Affinity::default());
         let response = conns
-            .send(affinity, &target, get(&target), T)
+            .send(affinity, target.clone(), get(&target), T)
             .await
             .unwrap();
         response.into_body().collect().await.unwrap();
