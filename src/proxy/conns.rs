@@ -174,8 +174,7 @@ impl Parked {
     ///
     /// Not an `async fn`: one would keep `req` in its state twice (as its argument and as the
     /// local it moves into) across the whole round trip, and the future of a request is
-    /// copied into a fresh allocation for each request (docs/performance.md, "The state of a
-    /// request").
+    /// copied into a fresh allocation for each request (docs/performance.md, change 24).
     fn send(&mut self, mut req: Request<Body>) -> Sending<'_, impl TrySend> {
         origin_form(req.uri_mut());
         let sending = self.sender.try_send_request(req);
