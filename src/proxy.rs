@@ -169,7 +169,7 @@ impl Service<Request<Body>> for Forward {
             // The future kept for the request is the send itself and what the answer needs.
             Some(affinity) => Box::pin(Forwarding {
                 sending: self.upstreams.conns.send(affinity, target, req, timeout),
-                finish: Some(finish),
+                finish,
             }),
             None => Box::pin(through_pool(
                 self.upstreams.clone(),
@@ -241,7 +241,7 @@ pin_project_lite::pin_project! {
     struct Forwarding<F> {
         #[pin]
         sending: F,
-        finish: Option<Finish>,
+        finish: Finish,
     }
 }
 
@@ -254,15 +254,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let sent = std::task::ready!(this.sending.poll(cx));
-        let response = match this.finish.take() {
-            Some(finish) => finish
-                .answer(sent.map(|r| (r.map(Body::new), false)))
-                .unwrap_or_else(Reject::into_response),
-            None => {
-                tracing::error!("forward polled after it answered");
-                Reject::Internal.into_response()
-            }
-        };
+        let response = this
+            .finish
+            .answer(sent.map(|r| (r.map(Body::new), false)))
+            .unwrap_or_else(Reject::into_response);
         Poll::Ready(Ok(response))
     }
 }
@@ -308,7 +303,7 @@ impl Finish {
     /// WebSocket): 502 / 504 for a failure, the upstream's response without its hop-by-hop
     /// headers otherwise.
     fn answer(
-        self,
+        &self,
         sent: Result<(Response<Body>, bool), conns::SendError>,
     ) -> Result<Response<Body>, Reject> {
         let Finish { record, snapshot } = self;
@@ -320,13 +315,13 @@ impl Finish {
             Err(conns::SendError::Timeout) => {
                 let timeout = route.map(|r| tracing::field::debug(r.upstream.timeout));
                 tracing::warn!(upstream, target, timeout, "upstream timed out");
-                upstream_error(&snapshot, upstream, "timeout");
+                upstream_error(snapshot, upstream, "timeout");
                 Err(Reject::UpstreamTimeout)
             }
             Err(e) => {
                 let kind = e.kind();
                 tracing::warn!(upstream, target, kind, error = %e.chain(), "upstream failed");
-                upstream_error(&snapshot, upstream, kind);
+                upstream_error(snapshot, upstream, kind);
                 Err(Reject::UpstreamFailed)
             }
             Ok((response, upgraded)) => {
@@ -372,11 +367,6 @@ fn rewrite(
         (_, None) => PathAndQuery::try_from(path.to_owned()),
     }
     .map_err(|_| Reject::Internal)?;
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(target.scheme.clone());
-    parts.authority = Some(target.authority.clone());
-    parts.path_and_query = Some(pq);
-    let uri = Uri::from_parts(parts).map_err(|_| Reject::Internal)?;
 
     let host_header = req.headers().get(HOST).cloned();
     let host_sent = host_header.is_some();
@@ -396,7 +386,18 @@ fn rewrite(
         .filter(|_| !websocket && req.version() != Version::HTTP_2);
     // The client speaks HTTP/1.1 to upstreams whatever the client spoke to us.
     *req.version_mut() = Version::HTTP_11;
-    *req.uri_mut() = uri;
+    // A carried connection is already to `target` and writes the origin form the upstream
+    // reads; the pooled client picks its connection by the absolute form (and writes the
+    // origin form itself).
+    *req.uri_mut() = if affinity.is_some() {
+        Uri::from(pq)
+    } else {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(target.scheme.clone());
+        parts.authority = Some(target.authority.clone());
+        parts.path_and_query = Some(pq);
+        Uri::from_parts(parts).map_err(|_| Reject::Internal)?
+    };
     Ok((affinity, websocket))
 }
 

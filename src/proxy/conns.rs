@@ -177,15 +177,9 @@ impl Parked {
     /// copied into a fresh allocation for each request (docs/performance.md, change 24).
     fn send(&mut self, mut req: Request<Body>) -> Sending<'_, impl TrySend> {
         origin_form(req.uri_mut());
-        let sending = self.sender.try_send_request(req);
-        let Parked {
-            conn, done, timer, ..
-        } = self;
         Sending {
-            sending,
-            conn,
-            done,
-            timer,
+            sending: self.sender.try_send_request(req),
+            parked: self,
             failure: None,
         }
     }
@@ -205,9 +199,7 @@ pin_project_lite::pin_project! {
     struct Sending<'a, F> {
         #[pin]
         sending: F,
-        conn: &'a mut Pin<Box<http1::Connection<Io, Body>>>,
-        done: &'a mut bool,
-        timer: &'a mut Deadline,
+        parked: &'a mut Parked,
         failure: Option<hyper::Error>,
     }
 }
@@ -217,11 +209,8 @@ impl<F: TrySend> Future for Sending<'_, F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if !**this.done
-            && let Poll::Ready(result) = this.conn.as_mut().poll(cx)
-        {
-            **this.done = true;
-            *this.failure = result.err();
+        if let Some(e) = this.parked.drive(cx) {
+            *this.failure = Some(e);
         }
         match this.sending.poll(cx) {
             Poll::Ready(Ok(response)) => Poll::Ready(Ok(response)),
@@ -231,14 +220,16 @@ impl<F: TrySend> Future for Sending<'_, F> {
                 Poll::Ready(Err((SendError::Http(cause.into()), unsent)))
             }
             // The connection has ended without answering: nothing will.
-            Poll::Pending if **this.done => Poll::Ready(Err((
+            Poll::Pending if this.parked.done => Poll::Ready(Err((
                 SendError::Http(this.failure.take().map_or_else(
                     || BoxError::from("the upstream closed the connection"),
                     BoxError::from,
                 )),
                 None,
             ))),
-            Poll::Pending if this.timer.passed(cx) => Poll::Ready(Err((SendError::Timeout, None))),
+            Poll::Pending if this.parked.timer.passed(cx) => {
+                Poll::Ready(Err((SendError::Timeout, None)))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -248,7 +239,9 @@ impl<F: TrySend> Future for Sending<'_, F> {
 /// origin form (RFC 9112, section 3.2.1). hyper's connection writes the target it is given,
 /// and the absolute form (`GET http://10.0.0.5:8080/x`) would also tell the upstream to take
 /// the host from that target and ignore the `Host` the gateway passes on (section 3.2.2).
-/// hyper-util's pooled client makes the same change for the requests it sends.
+/// hyper-util's pooled client makes the same change for the requests it sends. The gateway's
+/// own requests arrive in origin form already (`proxy::rewrite`); this covers callers that
+/// pass an absolute URI.
 fn origin_form(uri: &mut Uri) {
     if uri.scheme().is_some() || uri.authority().is_some() {
         let pq = uri
