@@ -15,6 +15,7 @@
 
 pub mod conns;
 pub mod headers;
+mod relay;
 pub mod upstream;
 
 use std::convert::Infallible;

@@ -21,7 +21,7 @@
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -35,6 +35,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant as TokioInstant;
 use tower::ServiceExt as _;
 
+use super::relay::{self, Relay, Relayed};
 use super::upstream::Connector;
 use crate::body::{Body, BoxError};
 use crate::config::Target;
@@ -103,7 +104,10 @@ impl SendError {
 struct Parked {
     target: Target,
     sender: http1::SendRequest<Body>,
-    conn: Pin<Box<http1::Connection<Io, Body>>>,
+    conn: Pin<Box<http1::Connection<Relayed<Io>, Body>>>,
+    /// What the connection is polled with, and the waker that stands for it (`relay`).
+    relay: Arc<Relay>,
+    waker: Waker,
     /// The connection has finished (closed or failed); it cannot be used again.
     done: bool,
     idle_since: Instant,
@@ -135,12 +139,14 @@ impl std::fmt::Debug for Parked {
 }
 
 impl Parked {
-    /// Polls the connection; it makes progress on whatever the handle asked of it.
+    /// Polls the connection on behalf of the task `cx` belongs to; it makes progress on
+    /// whatever the handle asked of it.
     fn drive(&mut self, cx: &mut Context<'_>) -> Option<hyper::Error> {
         if self.done {
             return None;
         }
-        match self.conn.as_mut().poll(cx) {
+        let conn = self.conn.as_mut();
+        match self.relay.drive(&self.waker, cx, |cx| conn.poll(cx)) {
             Poll::Pending => None,
             Poll::Ready(result) => {
                 self.done = true;
@@ -212,7 +218,12 @@ impl<F: TrySend> Future for Sending<'_, F> {
         if let Some(e) = this.parked.drive(cx) {
             *this.failure = Some(e);
         }
-        match this.sending.poll(cx) {
+        // The head only arrives while the connection is driven, as just now (`relay`).
+        let sent = this.sending.poll(&mut Context::from_waker(Waker::noop()));
+        if sent.is_pending() && relay::exhausted() {
+            cx.waker().wake_by_ref();
+        }
+        match sent {
             Poll::Ready(Ok(response)) => Poll::Ready(Ok(response)),
             Poll::Ready(Err(mut e)) => {
                 let unsent = e.take_message();
@@ -368,13 +379,16 @@ impl Connections {
             .oneshot(uri)
             .await
             .map_err(SendError::Connect)?;
-        let (sender, conn) = http1::handshake(io)
+        let (relay, waker) = Relay::new();
+        let (sender, conn) = http1::handshake(Relayed::new(io, relay.clone()))
             .await
             .map_err(|e| SendError::Connect(e.into()))?;
         Ok(Parked {
             target: target.clone(),
             sender,
             conn: Box::pin(conn),
+            relay,
+            waker,
             done: false,
             idle_since: Instant::now(),
             home: Arc::downgrade(&self.idle),
@@ -460,15 +474,29 @@ impl http_body::Body for Driven {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let mut frame = Pin::new(&mut this.incoming).poll_frame(cx);
-        if frame.is_pending()
-            && let Some(parked) = this.parked.as_mut()
-        {
+        let Some(parked) = this.parked.as_mut() else {
+            return Pin::new(&mut this.incoming)
+                .poll_frame(cx)
+                .map_err(Into::into);
+        };
+        // The body only arrives while the connection is driven (`relay`): look, drive, look
+        // again, without a waker of its own.
+        let mut incoming = Pin::new(&mut this.incoming);
+        let mut frame = incoming
+            .as_mut()
+            .poll_frame(&mut Context::from_waker(Waker::noop()));
+        if frame.is_pending() {
             if let Some(e) = parked.drive(cx) {
                 this.parked = None;
                 return Poll::Ready(Some(Err(e.into())));
             }
-            frame = Pin::new(&mut this.incoming).poll_frame(cx);
+            frame = incoming.poll_frame(&mut Context::from_waker(Waker::noop()));
+            if frame.is_pending() && parked.done {
+                // Ended without a body end: the body's own answer (an error) comes with a waker.
+                frame = Pin::new(&mut this.incoming).poll_frame(cx);
+            } else if frame.is_pending() && relay::exhausted() {
+                cx.waker().wake_by_ref();
+            }
         }
         if let Poll::Ready(None) = frame {
             this.ended = true;
