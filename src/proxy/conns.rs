@@ -155,8 +155,14 @@ impl Parked {
         }
     }
 
+    /// Whether the connection can carry another request: it is open and has finished the last
+    /// one. An upstream may answer before it has read the whole request body; such a
+    /// connection is still sending it, and would only go on while driven, which a parked
+    /// connection is not. Dropped instead, it lets go of the request body, and hyper closes the
+    /// client connection after the response unless the rest has already arrived
+    /// (docs/decisions.md).
     fn reusable(&self) -> bool {
-        !self.done && !self.sender.is_closed()
+        !self.done && !self.sender.is_closed() && self.sender.is_ready()
     }
 
     /// Waits until the connection can take a request; `Ok(false)` if it has closed meanwhile.

@@ -41,6 +41,24 @@ impl KeepAlive {
         )
     }
 
+    /// `POST path` with a body of `len` bytes through to the echo upstream: which upstream
+    /// connection carried it, and how many body bytes the upstream read.
+    async fn upload(&mut self, path: &str, len: usize) -> (u64, u64) {
+        self.0.ready().await.unwrap();
+        let req = Request::post(path)
+            .header("host", "gateway.test")
+            .body(body::full(vec![b'x'; len]))
+            .unwrap();
+        let response = self.0.send_request(req).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        (
+            doc["connection"].as_u64().unwrap(),
+            doc["body_bytes"].as_u64().unwrap(),
+        )
+    }
+
     /// `GET path` through to the echo upstream: which upstream connection carried it.
     async fn upstream_connection(&mut self, path: &str) -> u64 {
         let (status, body) = self.get(path).await;
@@ -58,6 +76,19 @@ async fn a_keep_alive_client_keeps_one_upstream_connection() {
         assert_eq!(client.upstream_connection("/public/x").await, 1);
     }
     assert_eq!(h.echo.requests(), 5);
+    assert_eq!(h.echo.connections(), 1);
+}
+
+/// An upstream that reads each upload whole before it answers leaves the connection ready
+/// for the next request, which goes out on it.
+#[tokio::test]
+async fn uploads_on_a_keep_alive_client_keep_one_upstream_connection() {
+    let h = Harness::start().await;
+    let mut client = KeepAlive::open(h.gateway.listen_addr()).await;
+    for len in [1, 100_000, 0, 3] {
+        assert_eq!(client.upload("/public/x", len).await, (1, len as u64));
+    }
+    assert_eq!(client.upstream_connection("/public/x").await, 1);
     assert_eq!(h.echo.connections(), 1);
 }
 
@@ -302,4 +333,123 @@ async fn answers_first_request_of_each_connection() -> SocketAddr {
         }
     });
     addr
+}
+
+/// An upstream that answers each request as soon as its head is in, then reads and discards
+/// its `Content-Length` body before the next request (as servers that refuse an upload early
+/// do); reports each request's head and how many body bytes it drained.
+async fn answers_before_the_body() -> (SocketAddr, mpsc::UnboundedReceiver<(String, usize)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let end = loop {
+                        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break at + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    buf.drain(..end);
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                    if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    while buf.len() < length {
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..length);
+                    let first = head.lines().next().unwrap_or_default().to_string();
+                    let _ = tx.send((first, length));
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Reads one response with a `Content-Length` body from a raw client connection: its status
+/// and body, or `None` if the gateway closed the connection first.
+async fn read_response(s: &mut TcpStream) -> Option<(u16, String)> {
+    let mut buf = Vec::new();
+    loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..at]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+            if buf.len() >= at + 4 + length {
+                let status = head[9..12].parse().unwrap();
+                let body = String::from_utf8_lossy(&buf[at + 4..at + 4 + length]).into_owned();
+                return Some((status, body));
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// The upstream answers an upload before it has read it: the answer reaches the client at
+/// once, and the client connection is then closed rather than left waiting for a body the
+/// gateway no longer forwards (the upstream connection, still in the middle of the request,
+/// cannot carry another one). A new client connection is served as usual.
+#[tokio::test]
+async fn an_answer_before_the_upload_ends_closes_the_client_connection() {
+    let (upstream, mut seen) = answers_before_the_body().await;
+    let h = Harness::with(&format!(
+        "[upstreams.early]\ntargets = [\"http://{upstream}\"]\n[[routes]]\npath = \"/early\"\nupstream = \"early\"\npublic = true\n"
+    ))
+    .await;
+    let mut s = TcpStream::connect(h.gateway.listen_addr()).await.unwrap();
+    s.write_all(b"POST /early HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n")
+        .await
+        .unwrap();
+    s.write_all(&[b'x'; 10]).await.unwrap();
+    assert_eq!(
+        within(read_response(&mut s)).await,
+        Some((200, "early".to_string()))
+    );
+    // The rest of the body and a second request: the gateway may already have closed the
+    // connection, so these writes may fail; what matters is that no answer is left pending.
+    let _ = s.write_all(&[b'x'; 99_990]).await;
+    let _ = s.write_all(b"GET /early HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(within(read_response(&mut s)).await, None);
+
+    let mut s = TcpStream::connect(h.gateway.listen_addr()).await.unwrap();
+    s.write_all(b"GET /early HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        within(read_response(&mut s)).await,
+        Some((200, "early".to_string()))
+    );
+    // The upstream saw the upload cut short (its connection closed) and then the new request,
+    // on a new connection.
+    assert_eq!(
+        within(seen.recv()).await,
+        Some(("get /early http/1.1".to_string(), 0))
+    );
 }
