@@ -248,6 +248,7 @@ async fn keep_connecting(
         .set_response_timeout(Some(PROBE_INTERVAL.max(timeout)))
         .set_number_of_retries(2)
         .set_max_delay(PROBE_INTERVAL);
+    let mut first = true;
     loop {
         match client
             .get_connection_manager_with_config(config.clone())
@@ -257,6 +258,13 @@ async fn keep_connecting(
                 slot.store(Some(Arc::new(manager)));
                 tracing::info!(url = %redacted(&url), "connected to Redis for rate limits");
                 return;
+            }
+            // The first failure says why at the default level (a refused certificate, a wrong
+            // password, nothing listening); the retries after it only at debug.
+            Err(e) if first => {
+                first = false;
+                tracing::warn!(url = %redacted(&url), error = %e, retry = ?PROBE_INTERVAL, "cannot connect to Redis for rate limits; retrying");
+                tokio::time::sleep(PROBE_INTERVAL).await;
             }
             Err(e) => {
                 tracing::debug!(url = %redacted(&url), error = %e, "Redis connection failed; retrying");

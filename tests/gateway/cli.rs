@@ -262,10 +262,10 @@ fn a_port_in_use_is_a_fatal_error_with_exit_code_1() {
 }
 
 /// A `jwtgate run` child process, the address it reported, and its stderr lines.
-struct Child {
-    process: std::process::Child,
-    addr: SocketAddr,
-    log: mpsc::Receiver<String>,
+pub(crate) struct Child {
+    pub(crate) process: std::process::Child,
+    pub(crate) addr: SocketAddr,
+    pub(crate) log: mpsc::Receiver<String>,
 }
 
 impl Drop for Child {
@@ -276,6 +276,15 @@ impl Drop for Child {
 }
 
 fn spawn_gateway(config: &Path, rust_log: &str) -> Child {
+    spawn_gateway_with_env(config, rust_log, &[])
+}
+
+/// [`spawn_gateway`] with more variables in the child's environment.
+pub(crate) fn spawn_gateway_with_env(
+    config: &Path,
+    rust_log: &str,
+    env: &[(&str, &Path)],
+) -> Child {
     let mut process = Command::new(env!("CARGO_BIN_EXE_jwtgate"))
         .args([
             "run",
@@ -285,6 +294,7 @@ fn spawn_gateway(config: &Path, rust_log: &str) -> Child {
             config.to_str().unwrap(),
         ])
         .env("RUST_LOG", rust_log)
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

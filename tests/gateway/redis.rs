@@ -25,13 +25,17 @@ use redis::AsyncCommands as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::cli::spawn_gateway_with_env;
 use crate::support::{ROUTES, Reply, config_with_issuer, scrape, start_issuer, value, wait_ready};
+use crate::tls::{Pem, write_cert};
 
 /// A `redis-server` of its own on 127.0.0.1 (no persistence), stopped on drop.
 struct RedisServer {
     port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// Serves TLS only, with this certificate (which is also its own root).
+    tls: Option<Pem>,
 }
 
 impl RedisServer {
@@ -51,6 +55,28 @@ impl RedisServer {
             port,
             child: None,
             dir: tempfile::tempdir().unwrap(),
+            tls: None,
+        };
+        server.restart().await;
+        server
+    }
+
+    /// A Redis that speaks TLS only (`rediss://`), with a self-signed certificate for
+    /// 127.0.0.1.
+    async fn start_tls() -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = write_cert(dir.path(), "redis");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = RedisServer {
+            port,
+            child: None,
+            dir,
+            tls: Some(pem),
         };
         server.restart().await;
         server
@@ -58,9 +84,28 @@ impl RedisServer {
 
     /// Starts (again) on the same port; returns once it answers `PING`.
     async fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+        let port = self.port.to_string();
+        let mut command = Command::new("redis-server");
+        match &self.tls {
+            None => command.args(["--port", &port]),
+            Some(pem) => command
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(&pem.cert)
+                .arg("--tls-key-file")
+                .arg(&pem.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&pem.cert),
+        };
+        let child = command
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -68,7 +113,11 @@ impl RedisServer {
             .expect("redis-server is not installed (`.ci/run` installs it: apt-get install redis-server)");
         self.child = Some(child);
         for _ in 0..1000 {
-            if ping(self.addr()).await {
+            let up = match self.tls {
+                None => ping(self.addr()).await,
+                Some(_) => self.tls_connection().await.is_some(),
+            };
+            if up {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -76,12 +125,30 @@ impl RedisServer {
         panic!("redis-server did not start on port {}", self.port);
     }
 
+    /// A connection over TLS that trusts the server's certificate, once it answers.
+    async fn tls_connection(&self) -> Option<redis::aio::MultiplexedConnection> {
+        let pem = self.tls.as_ref()?;
+        let certs = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(std::fs::read(&pem.cert).unwrap()),
+        };
+        let client = redis::Client::build_with_tls(self.url(), certs).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+        pong.ok().map(|_| conn)
+    }
+
     fn addr(&self) -> SocketAddr {
         ([127, 0, 0, 1], self.port).into()
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     fn stop(&mut self) {
@@ -456,4 +523,111 @@ async fn a_hanging_redis_costs_at_most_the_timeout_then_is_bypassed() {
     let statuses = until_decided_by(&r.a, &alice, "redis").await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(fallback(&r.a).await, 0.0);
+}
+
+/// Waits (bounded) for a line of `child`'s log that contains every one of `needles`.
+async fn logged(child: &crate::cli::Child, needles: &[&str]) -> String {
+    for _ in 0..3000 {
+        match child.log.try_recv() {
+            Ok(line) if needles.iter().all(|n| line.contains(n)) => return line,
+            Ok(_) => {}
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+        }
+    }
+    panic!("no log line with {needles:?}");
+}
+
+/// `GET /api/orders` on a gateway process.
+async fn get_at(addr: SocketAddr, token: &str) -> Reply {
+    crate::support::send(
+        &crate::support::client(),
+        http::Request::get(format!("http://{addr}/api/orders"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(jwtgate::body::empty())
+            .unwrap(),
+    )
+    .await
+}
+
+/// Waits (bounded) until the gateway has the issuer's keys: a token without the route's group
+/// is then refused 403, not 503, and no limit counts it.
+async fn until_keys(addr: SocketAddr, nobody: &str) {
+    for _ in 0..1000 {
+        if get_at(addr, nobody).await.status == 403 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the gateway at {addr} never got the issuer's keys");
+}
+
+/// `rediss://`: two gateway processes share their limits in a Redis reached over TLS and
+/// verify its certificate against the roots `SSL_CERT_FILE` names (how an operator trusts a
+/// private CA, docs/scaling.md). A gateway that does not trust the certificate refuses the
+/// connection and keeps its limits local.
+#[tokio::test]
+async fn limits_shared_over_tls_need_a_trusted_redis_certificate() {
+    let redis = RedisServer::start_tls().await;
+    let issuer = start_issuer().await;
+    let echo = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let backend = format!(
+        "[rate_limits]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout = \"1s\"\nredis_key_prefix = \"jwtgate-test:\"\n",
+        redis.url()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("jwtgate.toml");
+    let text = config_with_issuer(
+        echo.addr(),
+        issuer.issuer_url(),
+        "",
+        &format!("{ROUTES}{backend}{LIMITS}"),
+    );
+    std::fs::write(&config, text).unwrap();
+    let roots = redis.tls.as_ref().unwrap().cert.as_path();
+    let nobody = issuer.token_for_user("nobody");
+
+    let trusting =
+        [(); 2].map(|()| spawn_gateway_with_env(&config, "info", &[("SSL_CERT_FILE", roots)]));
+    for gateway in &trusting {
+        logged(
+            gateway,
+            &["connected to Redis for rate limits", "rediss://"],
+        )
+        .await;
+        until_keys(gateway.addr, &nobody).await;
+    }
+    // alice: orders-readers, 4 per hour per subject, alternating between the two processes.
+    let alice = issuer.token_for_user("alice");
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        statuses.push(get_at(trusting[i % 2].addr, &alice).await.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 429, 429]);
+    let mut conn = redis.tls_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("jwtgate-test:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!keys.is_empty(), "no limit state in the TLS Redis");
+
+    // Another root: the handshake fails on the certificate, which the log says at the default
+    // level, and alice, out of requests in Redis, is counted afresh by this process's own
+    // limiter.
+    let other = write_cert(dir.path(), "other");
+    let doubting =
+        spawn_gateway_with_env(&config, "info", &[("SSL_CERT_FILE", other.cert.as_path())]);
+    let failure = logged(
+        &doubting,
+        &["cannot connect to Redis", "certificate", "WARN"],
+    )
+    .await;
+    assert!(!failure.contains(&alice), "{failure}");
+    until_keys(doubting.addr, &nobody).await;
+    let reply = get_at(doubting.addr, &alice).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.headers["ratelimit-remaining"], "3");
 }

@@ -17,13 +17,13 @@ use tokio_rustls::TlsConnector;
 
 use crate::support::{Harness, silent_upstream, within};
 
-struct Pem {
-    cert: PathBuf,
-    key: PathBuf,
+pub(crate) struct Pem {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
     der: CertificateDer<'static>,
 }
 
-fn write_cert(dir: &Path, name: &str) -> Pem {
+pub(crate) fn write_cert(dir: &Path, name: &str) -> Pem {
     let generated =
         rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
             .unwrap();
