@@ -225,11 +225,7 @@ impl<F: TrySend> Future for Sending<'_, F> {
             *this.failure = Some(e);
         }
         // The head only arrives while the connection is driven, as just now (`relay`).
-        let sent = this.sending.poll(&mut Context::from_waker(Waker::noop()));
-        if sent.is_pending() && relay::exhausted() {
-            cx.waker().wake_by_ref();
-        }
-        match sent {
+        match relay::look(cx, |noop| this.sending.poll(noop)) {
             Poll::Ready(Ok(response)) => Poll::Ready(Ok(response)),
             Poll::Ready(Err(mut e)) => {
                 let unsent = e.take_message();
@@ -496,13 +492,13 @@ impl http_body::Body for Driven {
                 this.parked = None;
                 return Poll::Ready(Some(Err(e.into())));
             }
-            frame = incoming.poll_frame(&mut Context::from_waker(Waker::noop()));
-            if frame.is_pending() && parked.done {
-                // Ended without a body end: the body's own answer (an error) comes with a waker.
-                frame = Pin::new(&mut this.incoming).poll_frame(cx);
-            } else if frame.is_pending() && relay::exhausted() {
-                cx.waker().wake_by_ref();
-            }
+            frame = if parked.done {
+                // Ended: the body's last answer (its end, or an error if it was cut short) is
+                // not tied to a drive any more.
+                incoming.poll_frame(cx)
+            } else {
+                relay::look(cx, |noop| incoming.poll_frame(noop))
+            };
         }
         if let Poll::Ready(None) = frame {
             this.ended = true;

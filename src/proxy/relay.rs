@@ -24,8 +24,7 @@
 //! The response head and body are read with a waker that does nothing for the same reason
 //! (the connection only delivers them while driven). One case needs care: tokio's budget.
 //! When a task has used its budget, tokio's channels answer `Pending` and wake the waker they
-//! were given, here the one that does nothing. [`exhausted`] tells the caller to wake the task
-//! itself then.
+//! were given, here the one that does nothing. [`look`] wakes the task itself then.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -107,10 +106,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Whether a `Pending` just returned by a channel polled with [`Waker::noop`] may have come
-/// from tokio's budget rather than from the channel: the caller must then wake its task.
-pub(super) fn exhausted() -> bool {
-    !tokio::task::coop::has_budget_remaining()
+/// Polls with `poll`, under a waker that does nothing, something only a drive delivers (a
+/// response head, a body chunk), right after the drive. A `Pending` that may have come from
+/// tokio's budget rather than from the channel wakes the task of `cx` itself: the channel woke
+/// the waker it was given, which does nothing.
+pub(super) fn look<T>(cx: &Context<'_>, poll: impl FnOnce(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
+    let out = poll(&mut Context::from_waker(Waker::noop()));
+    if out.is_pending() && !tokio::task::coop::has_budget_remaining() {
+        cx.waker().wake_by_ref();
+    }
+    out
 }
 
 /// An upstream connection's socket, polled with the task's waker from its [`Relay`] rather

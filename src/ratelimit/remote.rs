@@ -259,15 +259,14 @@ async fn keep_connecting(
                 tracing::info!(url = %redacted(&url), "connected to Redis for rate limits");
                 return;
             }
-            // The first failure says why at the default level (a refused certificate, a wrong
-            // password, nothing listening); the retries after it only at debug.
-            Err(e) if first => {
-                first = false;
-                tracing::warn!(url = %redacted(&url), error = %e, retry = ?PROBE_INTERVAL, "cannot connect to Redis for rate limits; retrying");
-                tokio::time::sleep(PROBE_INTERVAL).await;
-            }
             Err(e) => {
-                tracing::debug!(url = %redacted(&url), error = %e, "Redis connection failed; retrying");
+                // The first failure says why at the default level (a refused certificate, a
+                // wrong password, nothing listening); the retries after it only at debug.
+                if std::mem::take(&mut first) {
+                    tracing::warn!(url = %redacted(&url), error = %e, retry = ?PROBE_INTERVAL, "cannot connect to Redis for rate limits; retrying");
+                } else {
+                    tracing::debug!(url = %redacted(&url), error = %e, "Redis connection failed; retrying");
+                }
                 tokio::time::sleep(PROBE_INTERVAL).await;
             }
         }

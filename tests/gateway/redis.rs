@@ -40,43 +40,27 @@ struct RedisServer {
 
 impl RedisServer {
     async fn start() -> RedisServer {
-        // redis-server cannot report a port 0 choice: take a free one from the kernel.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        RedisServer::start_on(port).await
+        RedisServer::start_on(free_port().await).await
     }
 
     async fn start_on(port: u16) -> RedisServer {
-        let mut server = RedisServer {
-            port,
-            child: None,
-            dir: tempfile::tempdir().unwrap(),
-            tls: None,
-        };
-        server.restart().await;
-        server
+        RedisServer::launch(port, false).await
     }
 
     /// A Redis that speaks TLS only (`rediss://`), with a self-signed certificate for
     /// 127.0.0.1.
     async fn start_tls() -> RedisServer {
+        RedisServer::launch(free_port().await, true).await
+    }
+
+    async fn launch(port: u16, tls: bool) -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
-        let pem = write_cert(dir.path(), "redis");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let tls = tls.then(|| write_cert(dir.path(), "redis"));
         let mut server = RedisServer {
             port,
             child: None,
             dir,
-            tls: Some(pem),
+            tls,
         };
         server.restart().await;
         server
@@ -178,6 +162,16 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// redis-server cannot report a port 0 choice: take a free one from the kernel.
+async fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn ping(addr: SocketAddr) -> bool {
@@ -353,14 +347,7 @@ async fn replicas(redis_url: &str, limits: &str) -> Replicas {
 }
 
 async fn get(gateway: &Gateway, token: &str) -> Reply {
-    crate::support::send(
-        &crate::support::client(),
-        http::Request::get(format!("http://{}/api/orders", gateway.listen_addr()))
-            .header("authorization", format!("Bearer {token}"))
-            .body(jwtgate::body::empty())
-            .unwrap(),
-    )
-    .await
+    get_at(gateway.listen_addr(), token).await
 }
 
 /// Sends until a decision of `backend` is counted on `gateway` (bounded), returning the
@@ -487,12 +474,7 @@ async fn redis_stopped_mid_traffic_falls_back_then_comes_back_after_a_restart() 
 
 #[tokio::test]
 async fn redis_unreachable_at_start_is_not_a_readiness_problem() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port().await;
     // Nothing listens yet: the replicas start, are ready, and limit locally.
     let r = replicas(&format!("redis://127.0.0.1:{port}"), GENEROUS).await;
     let alice = r.issuer.token_for_user("alice");

@@ -304,14 +304,47 @@ async fn answers_second_request_only() -> (SocketAddr, mpsc::UnboundedReceiver<u
 
 /// Reads until the end of a request head (the tests send no bodies).
 async fn read_head(s: &mut TcpStream) {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
+    let _ = take_head(s, &mut Vec::new()).await;
+}
+
+/// Reads from `s` into `buf` until it holds a whole message head, and takes the head out of
+/// `buf`, lowercased; `None` if the connection ends first.
+async fn take_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..at]).to_ascii_lowercase();
+            buf.drain(..at + 4);
+            return Some(head);
+        }
+        read_more(s, buf).await?;
+    }
+}
+
+/// Reads from `s` into `buf` until it holds `len` bytes, and takes them out of `buf`; `None`
+/// if the connection ends first.
+async fn take_body(s: &mut TcpStream, buf: &mut Vec<u8>, len: usize) -> Option<Vec<u8>> {
+    while buf.len() < len {
+        read_more(s, buf).await?;
+    }
+    Some(buf.drain(..len).collect())
+}
+
+async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+    let mut chunk = [0u8; 4096];
+    match s.read(&mut chunk).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Some(())
         }
     }
+}
+
+/// The `Content-Length` of a lowercased head (0 without one).
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap())
 }
 
 /// An upstream that answers the first request on each connection with `ok` and never answers
@@ -347,37 +380,15 @@ async fn answers_before_the_body() -> (SocketAddr, mpsc::UnboundedReceiver<(Stri
             let tx = tx.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                loop {
-                    let end = loop {
-                        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break at + 4;
-                        }
-                        let mut chunk = [0u8; 4096];
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                    buf.drain(..end);
-                    let length = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                while let Some(head) = take_head(&mut s, &mut buf).await {
+                    let length = content_length(&head);
                     if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly")
                         .await
                         .is_err()
+                        || take_body(&mut s, &mut buf, length).await.is_none()
                     {
                         return;
                     }
-                    while buf.len() < length {
-                        let mut chunk = [0u8; 4096];
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    buf.drain(..length);
                     let first = head.lines().next().unwrap_or_default().to_string();
                     let _ = tx.send((first, length));
                 }
@@ -391,25 +402,10 @@ async fn answers_before_the_body() -> (SocketAddr, mpsc::UnboundedReceiver<(Stri
 /// and body, or `None` if the gateway closed the connection first.
 async fn read_response(s: &mut TcpStream) -> Option<(u16, String)> {
     let mut buf = Vec::new();
-    loop {
-        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..at]).to_ascii_lowercase();
-            let length = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse::<usize>().unwrap());
-            if buf.len() >= at + 4 + length {
-                let status = head[9..12].parse().unwrap();
-                let body = String::from_utf8_lossy(&buf[at + 4..at + 4 + length]).into_owned();
-                return Some((status, body));
-            }
-        }
-        let mut chunk = [0u8; 4096];
-        match s.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
+    let head = take_head(s, &mut buf).await?;
+    let body = take_body(s, &mut buf, content_length(&head)).await?;
+    let status = head[9..12].parse().unwrap();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// The upstream answers an upload before it has read it: the answer reaches the client at
