@@ -212,51 +212,52 @@ impl<B: Send + 'static> AsyncAuthorizeRequest<B> for Authenticate {
     type Future = Either<Ready<Decided<B>>, Pin<Box<dyn Future<Output = Decided<B>> + Send>>>;
 
     fn authorize(&mut self, req: Request<B>) -> Self::Future {
-        let auth = match RequestContext::routed(&req) {
-            Some((_, route)) if route.route.access == Access::Public => {
-                return Either::Left(ready(Ok(req)));
-            }
-            Some((RequestContext { snapshot, .. }, _)) => match snapshot.auth.clone() {
-                Some(auth) => auth,
-                // A protected route without [okta] does not validate; fail closed regardless.
-                None => return Either::Left(ready(Err(Reject::KeysUnavailable.into_response()))),
-            },
-            _ => {
-                tracing::error!("auth layer reached without a matched route");
-                return Either::Left(ready(Err(Reject::Internal.into_response())));
-            }
+        // The context is looked up once and borrowed from the request until the decision: the
+        // identity is set through that borrow, and the authenticator is only cloned for the
+        // one path that waits.
+        let Some((context, route)) = RequestContext::routed(&req) else {
+            tracing::error!("auth layer reached without a matched route");
+            return Either::Left(ready(Err(Reject::Internal.into_response())));
+        };
+        if route.route.access == Access::Public {
+            return Either::Left(ready(Ok(req)));
+        }
+        // A protected route without [okta] does not validate; fail closed regardless.
+        let Some(auth) = context.snapshot.auth.as_ref() else {
+            return Either::Left(ready(Err(Reject::KeysUnavailable.into_response())));
         };
         let now = validate::unix_now();
         match auth.authenticate_now(req.headers(), req.uri().query(), now) {
-            Some(outcome) => Either::Left(ready(admit(req, outcome))),
-            None => Either::Right(Box::pin(async move {
-                let outcome = auth
-                    .authenticate_after_refetch(req.headers(), req.uri().query(), now)
-                    .await;
-                admit(req, outcome)
-            })),
+            Some(Ok(identity)) => {
+                let _ = context.record.identity.set(identity);
+                Either::Left(ready(Ok(req)))
+            }
+            Some(Err(reject)) => Either::Left(ready(Err(refuse(reject)))),
+            None => {
+                let auth = auth.clone();
+                Either::Right(Box::pin(async move {
+                    let outcome = auth
+                        .authenticate_after_refetch(req.headers(), req.uri().query(), now)
+                        .await;
+                    match outcome {
+                        Ok(identity) => {
+                            if let Some(context) = RequestContext::of(&req) {
+                                let _ = context.record.identity.set(identity);
+                            }
+                            Ok(req)
+                        }
+                        Err(reject) => Err(refuse(reject)),
+                    }
+                }))
+            }
         }
     }
 }
 
-/// Passes the request on with its identity, or answers the refusal.
-#[expect(
-    clippy::result_large_err,
-    reason = "the shape of tower-http's AsyncAuthorizeRequest decision"
-)]
-fn admit<B>(req: Request<B>, outcome: Result<Arc<Identity>, Reject>) -> Decided<B> {
-    match outcome {
-        Ok(identity) => {
-            if let Some(context) = RequestContext::of(&req) {
-                let _ = context.record.identity.set(identity);
-            }
-            Ok(req)
-        }
-        Err(reject) => {
-            tracing::debug!(refusal = %reject.description(), "authentication refused");
-            Err(reject.into_response())
-        }
-    }
+/// The answer to a refused token.
+fn refuse(reject: Reject) -> Response<Body> {
+    tracing::debug!(refusal = %reject.description(), "authentication refused");
+    reject.into_response()
 }
 
 #[cfg(test)]
