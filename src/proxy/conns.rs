@@ -322,7 +322,10 @@ impl IdleList {
         let i = idle.iter().rposition(|p| {
             p.target == *target && now.duration_since(p.idle_since) < IDLE_TIMEOUT
         })?;
-        Some(idle.swap_remove(i))
+        // `remove`, not `swap_remove`: the list stays oldest first, which `put` relies on to
+        // evict the oldest. A shift of at most `MAX_IDLE` entries, once per new client
+        // connection.
+        Some(idle.remove(i))
     }
 
     /// How many idle connections are kept.
@@ -583,6 +586,46 @@ mod tests {
             "the second client connection carries it now"
         );
         assert_eq!((echo.requests(), echo.connections()), (2, 1));
+    }
+
+    #[tokio::test]
+    async fn the_idle_list_stays_oldest_first_when_one_is_taken_from_its_middle() {
+        let (_a, conns, a) = setup().await;
+        let b_echo = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+        let b = Target {
+            scheme: http::uri::Scheme::HTTP,
+            authority: b_echo.addr().to_string().parse().unwrap(),
+        };
+        // Three client connections, each carrying a connection of its own: to a, b, b.
+        let mut carriers = Vec::new();
+        for target in [&a, &b, &b] {
+            let affinity = Arc::new(Affinity::default());
+            let response = conns
+                .send(affinity.clone(), target.clone(), get(target), T)
+                .await
+                .unwrap();
+            response.into_body().collect().await.unwrap();
+            carriers.push(affinity);
+        }
+        drop(carriers);
+        let order = |conns: &Connections| {
+            lock(&conns.idle().0)
+                .iter()
+                .map(|p| (p.target.clone(), p.idle_since))
+                .collect::<Vec<_>>()
+        };
+        let before = order(&conns);
+        assert_eq!(before.len(), 3);
+        assert!(before.is_sorted_by_key(|(_, since)| *since));
+
+        // A new client connection to a takes the oldest entry.
+        let taken = conns.idle().take(&a).expect("an idle connection to a");
+        assert_eq!(taken.target, a);
+        assert_eq!(
+            order(&conns),
+            before[1..],
+            "the two connections to b, oldest first, so that the oldest is evicted first"
+        );
     }
 
     #[tokio::test]
