@@ -24,17 +24,35 @@ use crate::snapshot::RequestContext;
 /// What the layers learn about a request, filled in as it travels (each field once), read by
 /// the layers after them and by the access log. Each field shares what the request path holds
 /// anyway (no copy, nothing written out per request).
+///
+/// Each field is a `OnceLock`, and setting one costs about 90 instructions (`Once`'s state
+/// machine), so what one layer learns at one moment goes into one field (docs/performance.md,
+/// change 26).
 #[derive(Debug, Default)]
 pub struct Record {
-    /// The normalised URI; only its path is logged (set by routing).
-    pub uri: OnceLock<http::Uri>,
-    /// The matched route (set by routing).
-    pub route: OnceLock<Arc<crate::route::CompiledRoute>>,
+    /// The normalised URI and the route it matched (set by routing).
+    pub routed: OnceLock<Routed>,
     /// The verified identity; only `sub` is logged (set by authentication).
     pub identity: OnceLock<Arc<crate::auth::validate::Identity>>,
     /// The upstream target the request went to (set by forwarding; written out only if the
     /// line is logged).
     pub upstream: OnceLock<crate::config::Target>,
+}
+
+/// What routing learnt about a request.
+#[derive(Debug)]
+pub struct Routed {
+    /// The normalised URI; only its path is logged.
+    pub uri: http::Uri,
+    /// The matched route.
+    pub route: Arc<crate::route::CompiledRoute>,
+}
+
+impl Record {
+    /// The matched route (once routing has run).
+    pub fn route(&self) -> Option<&Arc<crate::route::CompiledRoute>> {
+        self.routed.get().map(|r| &r.route)
+    }
 }
 
 /// The layer.
@@ -121,7 +139,7 @@ impl Pending {
         let status = response.status();
         let refusal = response.extensions().get::<Refusal>().map(|r| r.0);
         let m = &self.metrics;
-        let route = match self.record.route.get() {
+        let route = match self.record.route() {
             Some(r) => {
                 let path = r.route.path.as_str();
                 r.metrics.observe(m, path, status, latency.as_secs_f64());
@@ -149,7 +167,7 @@ impl Pending {
         tracing::info!(
             target: "jwtgate::access",
             method = %self.method,
-            path = self.record.uri.get().map_or("-", http::Uri::path),
+            path = self.record.routed.get().map_or("-", |r| r.uri.path()),
             route,
             status = status.as_u16(),
             latency_ms = latency.as_secs_f64() * 1000.0,

@@ -209,7 +209,7 @@ fn prepare(mut req: Request<Body>) -> Result<Prepared, Reject> {
         tracing::error!("forward reached without a request context");
         return Err(Reject::Internal);
     };
-    let Some(route) = record.route.get() else {
+    let Some(route) = record.route() else {
         tracing::error!("forward reached without a matched route");
         return Err(Reject::Internal);
     };
@@ -309,7 +309,7 @@ impl Finish {
     ) -> Result<Response<Body>, Reject> {
         let Finish { record, snapshot } = self;
         // Both set by `prepare`.
-        let route = record.route.get();
+        let route = record.route();
         let upstream = route.map_or("", |r| r.upstream.name.as_str());
         let target = record.upstream.get().map(tracing::field::display);
         match sent {

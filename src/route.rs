@@ -15,6 +15,7 @@ use http::header::HeaderValue;
 use http::{Method, Request, Response};
 use tower_http::validate_request::{ValidateRequest, ValidateRequestHeaderLayer};
 
+use crate::access_log::Routed;
 use crate::body::Body;
 use crate::config::Route;
 use crate::proxy::upstream::UpstreamPool;
@@ -140,8 +141,10 @@ impl<B> ValidateRequest<B> for MatchRoute {
             .routes
             .find(req.method(), req.uri().path())
             .map_err(Reject::into_response)?;
-        let _ = context.record.uri.set(req.uri().clone());
-        let _ = context.record.route.set(matched.clone());
+        let _ = context.record.routed.set(Routed {
+            uri: req.uri().clone(),
+            route: matched.clone(),
+        });
         Ok(())
     }
 }

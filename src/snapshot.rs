@@ -236,7 +236,7 @@ impl RequestContext {
 
     /// The route matched (once routing has run).
     pub fn route(&self) -> Option<&Arc<CompiledRoute>> {
-        self.record.route.get()
+        self.record.route()
     }
 
     /// The verified identity (once authentication has run, on protected routes).
