@@ -385,7 +385,7 @@ impl Connections {
             .await
             .map_err(SendError::Connect)?;
         let (relay, waker) = Relay::new();
-        let (sender, conn) = http1::handshake(Relayed::new(io, relay.clone()))
+        let (sender, conn) = http1::handshake(Relayed::new(io))
             .await
             .map_err(|e| SendError::Connect(e.into()))?;
         Ok(Parked {

@@ -14,7 +14,10 @@
 //! task's waker:
 //!
 //! - the socket's readiness is the one wake-up from outside. [`Relayed`] polls the socket with
-//!   the task's waker, whatever waker the connection passes down;
+//!   the task's waker, whatever waker the connection passes down. The drive leaves that waker
+//!   in a thread-local for the length of the poll: the socket is only polled from inside the
+//!   connection's poll, on the thread that drives it, and a thread-local needs no lock (a
+//!   `Mutex` shared with the relay was locked on every socket poll before change 26);
 //! - a wake of the relay while the connection is being driven is the connection asking to be
 //!   polled again (hyper yielding after a long run of work, tokio's budget running out). It is
 //!   passed on to the task once the poll returns;
@@ -26,9 +29,10 @@
 //! When a task has used its budget, tokio's channels answer `Pending` and wake the waker they
 //! were given, here the one that does nothing. [`look`] wakes the task itself then.
 
+use std::cell::RefCell;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
 use hyper::rt::{Read, ReadBufCursor, Write};
@@ -36,10 +40,22 @@ use hyper::rt::{Read, ReadBufCursor, Write};
 /// The waker a carried upstream connection is polled with.
 #[derive(Debug)]
 pub(super) struct Relay {
-    /// The task that drives the connection: the client connection's, which can change when the
-    /// connection goes idle and another client connection takes it.
-    task: Mutex<Waker>,
     state: AtomicU8,
+}
+
+thread_local! {
+    /// The waker of the task driving a carried connection on this thread, while it does
+    /// ([`Relay::drive`]): what the connection's socket is polled with ([`Relayed`]).
+    static DRIVER: RefCell<Option<Waker>> = const { RefCell::new(None) };
+}
+
+/// Puts back what [`DRIVER`] held before a drive, also if the poll panics.
+struct Restore(Option<Waker>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        DRIVER.set(self.0.take());
+    }
 }
 
 /// The connection is being polled.
@@ -51,7 +67,6 @@ impl Relay {
     /// A relay and the waker that wakes it.
     pub(super) fn new() -> (Arc<Relay>, Waker) {
         let relay = Arc::new(Relay {
-            task: Mutex::new(Waker::noop().clone()),
             state: AtomicU8::new(0),
         });
         let waker = Waker::from(relay.clone());
@@ -66,25 +81,27 @@ impl Relay {
         cx: &Context<'_>,
         poll: impl FnOnce(&mut Context<'_>) -> T,
     ) -> T {
-        {
-            let mut task = lock(&self.task);
-            if !task.will_wake(cx.waker()) {
-                task.clone_from(cx.waker());
-            }
-        }
+        // The task drives the connection: the client connection's, which changes when the
+        // connection goes idle and another client connection takes it.
+        let restore = Restore(DRIVER.replace(Some(cx.waker().clone())));
         self.state.store(DRIVING, Ordering::Release);
         let out = poll(&mut Context::from_waker(waker));
+        drop(restore);
         if self.state.swap(0, Ordering::AcqRel) & WOKEN != 0 {
             cx.waker().wake_by_ref();
         }
         out
     }
+}
 
-    /// Runs `poll` with the driving task's context: for the socket.
-    fn with_task<T>(&self, poll: impl FnOnce(&mut Context<'_>) -> T) -> T {
-        let task = lock(&self.task);
-        poll(&mut Context::from_waker(&task))
-    }
+/// Runs `poll` with the context of the task driving the connection: for the socket. `cx` is
+/// what the connection passed down, used only outside a drive, which does not happen: the
+/// connection is polled by [`Relay::drive`] alone.
+fn with_task<T>(cx: &mut Context<'_>, poll: impl FnOnce(&mut Context<'_>) -> T) -> T {
+    DRIVER.with_borrow(|task| match task {
+        Some(task) => poll(&mut Context::from_waker(task)),
+        None => poll(cx),
+    })
 }
 
 impl Wake for Relay {
@@ -102,10 +119,6 @@ impl Wake for Relay {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Polls with `poll`, under a waker that does nothing, something only a drive delivers (a
 /// response head, a body chunk), right after the drive. A `Pending` that may have come from
 /// tokio's budget rather than from the channel wakes the task of `cx` itself: the channel woke
@@ -118,67 +131,61 @@ pub(super) fn look<T>(cx: &Context<'_>, poll: impl FnOnce(&mut Context<'_>) -> P
     out
 }
 
-/// An upstream connection's socket, polled with the task's waker from its [`Relay`] rather
-/// than the relay's.
+/// An upstream connection's socket, polled with the waker of the task driving the connection
+/// rather than the relay's.
 #[derive(Debug)]
 pub(super) struct Relayed<IO> {
     io: IO,
-    relay: Arc<Relay>,
 }
 
 impl<IO> Relayed<IO> {
-    pub(super) fn new(io: IO, relay: Arc<Relay>) -> Relayed<IO> {
-        Relayed { io, relay }
+    pub(super) fn new(io: IO) -> Relayed<IO> {
+        Relayed { io }
     }
 }
 
 impl<IO: Read + Unpin> Read for Relayed<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
         buf: ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        this.relay
-            .with_task(|cx| Pin::new(&mut this.io).poll_read(cx, buf))
+        let io = &mut self.get_mut().io;
+        with_task(cx, |cx| Pin::new(io).poll_read(cx, buf))
     }
 }
 
 impl<IO: Write + Unpin> Write for Relayed<IO> {
     fn poll_write(
         self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        this.relay
-            .with_task(|cx| Pin::new(&mut this.io).poll_write(cx, buf))
+        let io = &mut self.get_mut().io;
+        with_task(cx, |cx| Pin::new(io).poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
         self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        this.relay
-            .with_task(|cx| Pin::new(&mut this.io).poll_write_vectored(cx, bufs))
+        let io = &mut self.get_mut().io;
+        with_task(cx, |cx| Pin::new(io).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        this.relay
-            .with_task(|cx| Pin::new(&mut this.io).poll_flush(cx))
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let io = &mut self.get_mut().io;
+        with_task(cx, |cx| Pin::new(io).poll_flush(cx))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        this.relay
-            .with_task(|cx| Pin::new(&mut this.io).poll_shutdown(cx))
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let io = &mut self.get_mut().io;
+        with_task(cx, |cx| Pin::new(io).poll_shutdown(cx))
     }
 }
 
@@ -220,7 +227,10 @@ mod tests {
         assert_eq!(count.0.load(Ordering::Relaxed), 1);
 
         // The socket is polled with the task's own waker, whatever the connection passes down.
-        let socket = relay.with_task(|cx| cx.waker().clone());
+        let socket = relay.drive(&waker, &cx, |relayed| {
+            assert!(!relayed.waker().will_wake(&task));
+            with_task(relayed, |cx| cx.waker().clone())
+        });
         assert!(socket.will_wake(&task));
         socket.wake();
         assert_eq!(count.0.load(Ordering::Relaxed), 2);
