@@ -9,7 +9,7 @@ use hyper::body::Frame;
 use jwtgate::body::{self, BoxError};
 use jwtgate::echo::EchoServer;
 
-use crate::support::{Harness, closed_port, raw_status, silent_upstream};
+use crate::support::{Harness, closed_port, public_upstream, raw_status, silent_upstream};
 
 #[tokio::test]
 async fn hop_by_hop_and_connection_named_headers_are_removed() {
@@ -123,14 +123,17 @@ async fn forward_authorization_passes_the_token_when_asked() {
 async fn targets_are_used_round_robin() {
     let first = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
     let second = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let h = Harness::with(&format!(
-        "[upstreams.pair]\ntargets = [\"http://{}\", \"http://{}\"]\n[[routes]]\npath = \"/rr\"\nupstream = \"pair\"\npublic = true\n",
-        first.addr(),
-        second.addr()
+    let h = Harness::with(&public_upstream(
+        "pair",
+        &[
+            format!("http://{}", first.addr()),
+            format!("http://{}", second.addr()),
+        ],
+        "",
     ))
     .await;
     for _ in 0..6 {
-        assert_eq!(h.get("/rr").await.status, 200);
+        assert_eq!(h.get("/pair").await.status, 200);
     }
     assert_eq!((first.requests(), second.requests()), (3, 3));
 }
@@ -138,10 +141,7 @@ async fn targets_are_used_round_robin() {
 #[tokio::test]
 async fn a_refused_upstream_is_a_502() {
     let dead = closed_port().await;
-    let h = Harness::with(&format!(
-        "[upstreams.dead]\ntargets = [\"http://{dead}\"]\n[[routes]]\npath = \"/dead\"\nupstream = \"dead\"\npublic = true\n"
-    ))
-    .await;
+    let h = Harness::with(&public_upstream("dead", &[format!("http://{dead}")], "")).await;
     let r = h.get("/dead").await;
     assert_eq!(r.status, 502);
     assert_eq!(r.json()["error"], "bad_gateway");
@@ -153,8 +153,10 @@ async fn a_refused_upstream_is_a_502() {
 async fn a_silent_upstream_is_a_504_after_its_timeout() {
     let (silent, _task) = silent_upstream().await;
     for scheme in ["http", "https"] {
-        let h = Harness::with(&format!(
-            "[upstreams.slow]\ntargets = [\"{scheme}://{silent}\"]\ntimeout = \"300ms\"\n[[routes]]\npath = \"/slow\"\nupstream = \"slow\"\npublic = true\n"
+        let h = Harness::with(&public_upstream(
+            "slow",
+            &[format!("{scheme}://{silent}")],
+            "timeout = \"300ms\"",
         ))
         .await;
         let r = h.get("/slow").await;
@@ -227,8 +229,10 @@ async fn canned_upstream(response: &'static [u8]) -> std::net::SocketAddr {
 }
 
 async fn harness_for(upstream: std::net::SocketAddr) -> Harness {
-    Harness::with(&format!(
-        "[upstreams.canned]\ntargets = [\"http://{upstream}\"]\n[[routes]]\npath = \"/canned\"\nupstream = \"canned\"\npublic = true\n"
+    Harness::with(&public_upstream(
+        "canned",
+        &[format!("http://{upstream}")],
+        "",
     ))
     .await
 }

@@ -13,14 +13,16 @@ use jwtgate::echo::EchoServer;
 use jwtgate::server::Gateway;
 
 use crate::support::{
-    Harness, ROUTES, client, config_with_issuer, scrape, send, start_issuer, value, wait_ready,
+    Harness, ROUTES, client, config_with_issuer, public_upstream, scrape, send, start_issuer,
+    value, wait_ready,
 };
 
 #[tokio::test]
 async fn metrics_count_a_scripted_mix_of_requests() {
     let dead = crate::support::closed_port().await;
     let h = Harness::with(&format!(
-        "{ROUTES}[rate_limits.groups]\norders-readers = {{ requests = 3, per = \"1h\" }}\n[upstreams.dead]\ntargets = [\"http://{dead}\"]\n[[routes]]\npath = \"/dead\"\nupstream = \"dead\"\npublic = true\n"
+        "{ROUTES}[rate_limits.groups]\norders-readers = {{ requests = 3, per = \"1h\" }}\n{}",
+        public_upstream("dead", &[format!("http://{dead}")], "")
     ))
     .await;
     let alice = h.token("alice");

@@ -113,6 +113,17 @@ pub(crate) fn config_with_issuer(
     gateway_config(echo, &okta, extra)
 }
 
+/// Configuration to append for an upstream `name` of its own on `targets`, with
+/// `upstream_lines` (a timeout, say) in its table, and a public route `/{name}` to it.
+pub(crate) fn public_upstream(name: &str, targets: &[String], upstream_lines: &str) -> String {
+    let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+    format!(
+        "[upstreams.{name}]\ntargets = [{}]\n{upstream_lines}\n\
+         [[routes]]\npath = \"/{name}\"\nupstream = \"{name}\"\npublic = true\n",
+        targets.join(", ")
+    )
+}
+
 fn gateway_config(echo: SocketAddr, okta: &str, extra: &str) -> String {
     format!(
         r#"

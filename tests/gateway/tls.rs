@@ -15,7 +15,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::support::{Harness, silent_upstream, within};
+use crate::support::{Harness, public_upstream, silent_upstream, within};
 
 pub(crate) struct Pem {
     pub(crate) cert: PathBuf,
@@ -226,9 +226,10 @@ async fn an_https_upstream_with_an_untrusted_certificate_gets_no_request_502() {
         echo,
         ..
     } = TlsGateway::start().await;
-    let h = Harness::with(&format!(
-        "[upstreams.tls]\ntargets = [\"https://{}\"]\n[[routes]]\npath = \"/tls\"\nupstream = \"tls\"\npublic = true\n",
-        upstream.listen_addr()
+    let h = Harness::with(&public_upstream(
+        "tls",
+        &[format!("https://{}", upstream.listen_addr())],
+        "",
     ))
     .await;
     let r = h.get("/tls").await;

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::support::{Harness, raw, raw_status, within};
+use crate::support::{Harness, public_upstream, raw, raw_status, within};
 
 /// One client connection to `addr`, kept open for several requests in turn.
 struct KeepAlive(http1::SendRequest<Body>);
@@ -153,10 +153,13 @@ async fn two_clients_at_once_get_two_upstream_connections() {
 async fn round_robin_targets_each_keep_their_connection() {
     let a = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
     let b = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let h = Harness::with(&format!(
-        "[upstreams.pair]\ntargets = [\"http://{}\", \"http://{}\"]\n[[routes]]\npath = \"/pair\"\nupstream = \"pair\"\npublic = true\n",
-        a.addr(),
-        b.addr()
+    let h = Harness::with(&public_upstream(
+        "pair",
+        &[
+            format!("http://{}", a.addr()),
+            format!("http://{}", b.addr()),
+        ],
+        "",
     ))
     .await;
     let mut client = KeepAlive::open(h.gateway.listen_addr()).await;
@@ -172,8 +175,10 @@ async fn round_robin_targets_each_keep_their_connection() {
 #[tokio::test]
 async fn a_connection_the_upstream_closed_is_replaced_not_answered_502() {
     let (upstream, close, mut closed) = answer_then_close_when_told().await;
-    let h = Harness::with(&format!(
-        "[upstreams.once]\ntargets = [\"http://{upstream}\"]\n[[routes]]\npath = \"/once\"\nupstream = \"once\"\npublic = true\n"
+    let h = Harness::with(&public_upstream(
+        "once",
+        &[format!("http://{upstream}")],
+        "",
     ))
     .await;
     let mut client = KeepAlive::open(h.gateway.listen_addr()).await;
@@ -191,8 +196,10 @@ async fn a_connection_the_upstream_closed_is_replaced_not_answered_502() {
 #[tokio::test]
 async fn after_a_timeout_the_upstream_connection_is_not_reused() {
     let (upstream, mut requests) = answers_second_request_only().await;
-    let h = Harness::with(&format!(
-        "[upstreams.slow]\ntargets = [\"http://{upstream}\"]\ntimeout = \"200ms\"\n[[routes]]\npath = \"/slow\"\nupstream = \"slow\"\npublic = true\n"
+    let h = Harness::with(&public_upstream(
+        "slow",
+        &[format!("http://{upstream}")],
+        "timeout = \"200ms\"",
     ))
     .await;
     let mut client = KeepAlive::open(h.gateway.listen_addr()).await;
@@ -209,11 +216,11 @@ async fn after_a_timeout_the_upstream_connection_is_not_reused() {
 #[tokio::test]
 async fn each_request_on_a_kept_connection_gets_its_own_deadline() {
     let upstream = answers_first_request_of_each_connection().await;
+    let target = [format!("http://{upstream}")];
     let h = Harness::with(&format!(
-        "[upstreams.patient]\ntargets = [\"http://{upstream}\"]\ntimeout = \"1h\"\n\
-         [upstreams.hasty]\ntargets = [\"http://{upstream}\"]\ntimeout = \"200ms\"\n\
-         [[routes]]\npath = \"/patient\"\nupstream = \"patient\"\npublic = true\n\
-         [[routes]]\npath = \"/hasty\"\nupstream = \"hasty\"\npublic = true\n"
+        "{}{}",
+        public_upstream("patient", &target, "timeout = \"1h\""),
+        public_upstream("hasty", &target, "timeout = \"200ms\"")
     ))
     .await;
     let mut client = KeepAlive::open(h.gateway.listen_addr()).await;
@@ -415,8 +422,10 @@ async fn read_response(s: &mut TcpStream) -> Option<(u16, String)> {
 #[tokio::test]
 async fn an_answer_before_the_upload_ends_closes_the_client_connection() {
     let (upstream, mut seen) = answers_before_the_body().await;
-    let h = Harness::with(&format!(
-        "[upstreams.early]\ntargets = [\"http://{upstream}\"]\n[[routes]]\npath = \"/early\"\nupstream = \"early\"\npublic = true\n"
+    let h = Harness::with(&public_upstream(
+        "early",
+        &[format!("http://{upstream}")],
+        "",
     ))
     .await;
     let mut s = TcpStream::connect(h.gateway.listen_addr()).await.unwrap();
