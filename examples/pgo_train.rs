@@ -12,12 +12,9 @@
 //! what is not is listed in docs/performance.md ("Profile-guided build").
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,6 +29,11 @@ use jwtgate::echo::EchoServer;
 use jwtgate::issuer::{Issuer, IssuerConfig, User};
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+#[path = "../tests/gateway/child.rs"]
+mod child;
+
+use child::Child;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -54,7 +56,7 @@ async fn main() -> Result<(), BoxError> {
         &secure_config,
         gateway_toml(&issuer, echo.addr(), 2, &tls_lines(&tls), ""),
     )?;
-    let secure = Gateway::spawn(&binary, &secure_config, "warn,jwtgate::server=info", None)?;
+    let secure = Child::spawn(&binary, &secure_config, "warn,jwtgate::server=info", &[])?;
     let plain_config = dir.path().join("plain.toml");
     let tls_upstream = format!(
         "[upstreams.secure]\ntargets = [\"https://localhost:{}\"]\n[[routes]]\npath = \"/via-https\"\nupstream = \"secure\"\nstrip_prefix = true\npublic = true\n",
@@ -72,21 +74,26 @@ async fn main() -> Result<(), BoxError> {
     )?;
     // The plain gateway trusts the HTTPS one's certificate the way an operator's system store
     // would hold a private CA (rustls-native-certs reads SSL_CERT_FILE).
-    let plain = Gateway::spawn(&binary, &plain_config, "info", Some(&tls.cert))?;
+    let plain = Child::spawn(
+        &binary,
+        &plain_config,
+        "info",
+        &[("SSL_CERT_FILE", tls.cert.as_path())],
+    )?;
 
     let train = Training::new(&issuer);
     let http = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let base = format!("http://{}", plain.addr);
-    wait_ready(&http, &format!("http://{}/readyz", plain.admin()?)).await?;
+    wait_ready(&http, &format!("http://{}/readyz", admin(&plain)?)).await?;
 
     let mut report = Vec::new();
     report.extend(train.plain(&http, &base).await?);
     report.extend(train.secure(&tls, secure.addr).await?);
-    report.extend(train.admin(&http, plain.admin()?).await?);
+    report.extend(train.admin(&http, admin(&plain)?).await?);
     report.push(train.raw(plain.addr).await?);
 
-    plain.stop()?;
-    secure.stop()?;
+    stop(plain)?;
+    stop(secure)?;
     println!(
         "training done in {:.1} s: {} requests",
         started.elapsed().as_secs_f64(),
@@ -198,91 +205,23 @@ fn tls_lines(tls: &Tls) -> String {
     )
 }
 
-/// A `jwtgate run` child process and the addresses it logged.
-struct Gateway {
-    process: std::process::Child,
-    addr: SocketAddr,
-    admin: Option<SocketAddr>,
-    /// The child's stderr is read to its end so that its writes never block.
-    _drain: std::thread::JoinHandle<()>,
+/// The admin listener of a gateway whose configuration has one.
+fn admin(gateway: &Child) -> Result<SocketAddr, BoxError> {
+    Ok(gateway.admin.ok_or("no admin listener")?)
 }
 
-impl Gateway {
-    fn spawn(
-        binary: &Path,
-        config: &Path,
-        rust_log: &str,
-        trust: Option<&Path>,
-    ) -> Result<Gateway, BoxError> {
-        let mut command = Command::new(binary);
-        command
-            .args(["run", "--log-format", "json", "--config"])
-            .arg(config)
-            .env("RUST_LOG", rust_log)
-            .stderr(Stdio::piped());
-        if let Some(trust) = trust {
-            command.env("SSL_CERT_FILE", trust);
-        }
-        let mut process = command.spawn()?;
-        let stderr = process.stderr.take().ok_or("no stderr")?;
-        let (tx, rx) = mpsc::channel();
-        let drain = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let (mut addr, mut admin) = (None, None);
-        let expect_admin = std::fs::read_to_string(config)?.contains("admin_listen");
-        let mut said = Vec::new();
-        while addr.is_none() || (expect_admin && admin.is_none()) {
-            let line = rx.recv_timeout(Duration::from_secs(30)).map_err(|_| {
-                format!(
-                    "{} did not log its addresses; it said:\n{}",
-                    config.display(),
-                    said.join("\n")
-                )
-            })?;
-            said.push(line.clone());
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            let logged = event["addr"].as_str().and_then(|a| a.parse().ok());
-            match event["message"].as_str() {
-                Some("gateway listening") => addr = logged,
-                Some("admin listening") => admin = logged,
-                _ => {}
-            }
-        }
-        Ok(Gateway {
-            process,
-            addr: addr.ok_or("no address")?,
-            admin,
-            _drain: drain,
-        })
+/// SIGTERM, then the exit status: a clean exit is what writes the profile.
+fn stop(mut gateway: Child) -> Result<(), BoxError> {
+    let status = gateway.terminate()?;
+    if !status.success() {
+        let said: Vec<String> = gateway.log.try_iter().collect();
+        return Err(format!(
+            "the gateway exited with {status}; it said:\n{}",
+            said.join("\n")
+        )
+        .into());
     }
-
-    fn admin(&self) -> Result<SocketAddr, BoxError> {
-        Ok(self.admin.ok_or("no admin listener")?)
-    }
-
-    /// SIGTERM, then the exit status: a clean exit is what writes the profile.
-    fn stop(mut self) -> Result<(), BoxError> {
-        let pid = self.process.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status()?;
-        let status = self.process.wait()?;
-        if !status.success() {
-            return Err(format!("the gateway exited with {status}").into());
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Gateway {
-    /// A training that failed leaves no gateway behind (after `stop` this finds it gone).
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
+    Ok(())
 }
 
 async fn wait_ready<C>(client: &Client<C, Body>, url: &str) -> Result<(), BoxError>

@@ -1,17 +1,15 @@
 //! The `jwtgate` binary itself: `check` on good and bad files, exit codes, and a real `run`
 //! that streams 1 GiB in bounded memory and drains on SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use http::Request;
 use jwtgate::config::Config;
 use jwtgate::echo::EchoServer;
 
+use crate::child::Child;
 use crate::support::{client, config_text, send};
 
 fn jwtgate(args: &[&str]) -> Output {
@@ -261,20 +259,6 @@ fn a_port_in_use_is_a_fatal_error_with_exit_code_1() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen on"));
 }
 
-/// A `jwtgate run` child process, the address it reported, and its stderr lines.
-pub(crate) struct Child {
-    pub(crate) process: std::process::Child,
-    pub(crate) addr: SocketAddr,
-    pub(crate) log: mpsc::Receiver<String>,
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
-
 fn spawn_gateway(config: &Path, rust_log: &str) -> Child {
     spawn_gateway_with_env(config, rust_log, &[])
 }
@@ -285,54 +269,14 @@ pub(crate) fn spawn_gateway_with_env(
     rust_log: &str,
     env: &[(&str, &Path)],
 ) -> Child {
-    let mut process = Command::new(env!("CARGO_BIN_EXE_jwtgate"))
-        .args([
-            "run",
-            "--log-format",
-            "json",
-            "--config",
-            config.to_str().unwrap(),
-        ])
-        .env("RUST_LOG", rust_log)
-        .envs(env.iter().copied())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = process.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        // Keep reading after the address is found: the gateway's stderr stays open.
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let addr = loop {
-        let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
-            let _ = process.kill();
-            panic!("the gateway did not log its address");
-        };
-        let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if event["message"] == "gateway listening" {
-            break event["addr"].as_str().unwrap().parse().unwrap();
-        }
-    };
-    Child {
-        process,
-        addr,
-        log: rx,
-    }
+    let binary = Path::new(env!("CARGO_BIN_EXE_jwtgate"));
+    Child::spawn(binary, config, rust_log, env).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Sends SIGTERM and waits for the exit status.
-async fn terminate(child: Child) -> (std::process::ExitStatus, Child) {
-    let pid = child.process.id().to_string();
-    let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(kill.success());
+async fn terminate(mut child: Child) -> (std::process::ExitStatus, Child) {
     tokio::task::spawn_blocking(move || {
-        let mut child = child;
-        let status = child.process.wait().unwrap();
+        let status = child.terminate().unwrap();
         (status, child)
     })
     .await

@@ -6,6 +6,7 @@ mod support;
 
 mod admin;
 mod auth;
+mod child;
 mod cli;
 mod demo;
 mod forward;

@@ -508,7 +508,7 @@ async fn a_hanging_redis_costs_at_most_the_timeout_then_is_bypassed() {
 }
 
 /// Waits (bounded) for a line of `child`'s log that contains every one of `needles`.
-async fn logged(child: &crate::cli::Child, needles: &[&str]) -> String {
+async fn logged(child: &crate::child::Child, needles: &[&str]) -> String {
     for _ in 0..3000 {
         match child.log.try_recv() {
             Ok(line) if needles.iter().all(|n| line.contains(n)) => return line,
