@@ -39,9 +39,17 @@ impl Child {
         rust_log: &str,
         env: &[(&str, &Path)],
     ) -> Result<Child, String> {
-        let expect_admin = std::fs::read_to_string(config)
-            .map_err(|e| format!("{}: {e}", config.display()))?
-            .contains("admin_listen");
+        // Read the key the gateway reads, so that a comment or another table's text that
+        // merely mentions it does not make this wait for an address that never comes.
+        let text =
+            std::fs::read_to_string(config).map_err(|e| format!("{}: {e}", config.display()))?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e| format!("{}: {e}", config.display()))?;
+        let expect_admin = table
+            .get("server")
+            .and_then(|server| server.get("admin_listen"))
+            .is_some();
         let mut process = Command::new(binary)
             .args(["run", "--log-format", "json", "--config"])
             .arg(config)
