@@ -19,10 +19,7 @@ pub(crate) struct Child {
     /// The proxy listener's address.
     pub(crate) addr: SocketAddr,
     /// The admin listener's address, when the configuration has `admin_listen`.
-    #[allow(
-        dead_code,
-        reason = "the PGO training reads it; no test's child has an admin"
-    )]
+    #[allow(dead_code, reason = "the PGO training reads it; no test does")]
     pub(crate) admin: Option<SocketAddr>,
     /// The stderr lines logged after the addresses. A thread reads stderr to its end, so the
     /// child's writes never block.
@@ -39,16 +36,12 @@ impl Child {
         rust_log: &str,
         env: &[(&str, &Path)],
     ) -> Result<Child, String> {
-        // Read the key the gateway reads, so that a comment or another table's text that
-        // merely mentions it does not make this wait for an address that never comes.
-        let text =
-            std::fs::read_to_string(config).map_err(|e| format!("{}: {e}", config.display()))?;
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e| format!("{}: {e}", config.display()))?;
-        let expect_admin = table
-            .get("server")
-            .and_then(|server| server.get("admin_listen"))
+        // Ask the gateway's own configuration loader, so that the wait is for exactly the
+        // listeners the child will open.
+        let expect_admin = jwtgate::config::Config::load(config)
+            .map_err(|e| e.to_string())?
+            .server
+            .admin_listen
             .is_some();
         let mut process = Command::new(binary)
             .args(["run", "--log-format", "json", "--config"])
