@@ -36,6 +36,8 @@ struct RedisServer {
     dir: tempfile::TempDir,
     /// Serves TLS only, with this certificate (which is also its own root).
     tls: Option<Pem>,
+    /// `requirepass`: a fresh random password, which goes into [`RedisServer::url`].
+    password: Option<String>,
 }
 
 impl RedisServer {
@@ -48,19 +50,21 @@ impl RedisServer {
     }
 
     /// A Redis that speaks TLS only (`rediss://`), with a self-signed certificate for
-    /// 127.0.0.1.
+    /// 127.0.0.1, and requires a password.
     async fn start_tls() -> RedisServer {
         RedisServer::launch(free_port().await, true).await
     }
 
     async fn launch(port: u16, tls: bool) -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
+        let password = tls.then(random_password);
         let tls = tls.then(|| write_cert(dir.path(), "redis"));
         let mut server = RedisServer {
             port,
             child: None,
             dir,
             tls,
+            password,
         };
         server.restart().await;
         server
@@ -88,6 +92,9 @@ impl RedisServer {
                 .arg("--tls-ca-cert-file")
                 .arg(&pem.cert),
         };
+        if let Some(password) = &self.password {
+            command.args(["--requirepass", password]);
+        }
         let child = command
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
@@ -127,12 +134,18 @@ impl RedisServer {
     }
 
     fn url(&self) -> String {
+        self.url_with(self.password.as_deref())
+    }
+
+    /// The URL with `password` in place of the server's own.
+    fn url_with(&self, password: Option<&str>) -> String {
         let scheme = if self.tls.is_some() {
             "rediss"
         } else {
             "redis"
         };
-        format!("{scheme}://127.0.0.1:{}", self.port)
+        let user = password.map(|p| format!(":{p}@")).unwrap_or_default();
+        format!("{scheme}://{user}127.0.0.1:{}", self.port)
     }
 
     fn stop(&mut self) {
@@ -162,6 +175,13 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A password no other run shares (std's per-process random hash keys).
+fn random_password() -> String {
+    use std::hash::BuildHasher as _;
+    let state = std::collections::hash_map::RandomState::new();
+    format!("pw{:016x}{:016x}", state.hash_one(1), state.hash_one(2))
 }
 
 /// redis-server cannot report a port 0 choice: take a free one from the kernel.
@@ -546,28 +566,33 @@ async fn until_keys(addr: SocketAddr, nobody: &str) {
     panic!("the gateway at {addr} never got the issuer's keys");
 }
 
-/// `rediss://`: two gateway processes share their limits in a Redis reached over TLS and
-/// verify its certificate against the roots `SSL_CERT_FILE` names (how an operator trusts a
-/// private CA, docs/scaling.md). A gateway that does not trust the certificate refuses the
-/// connection and keeps its limits local.
+/// `rediss://` with a password: two gateway processes share their limits in a Redis reached
+/// over TLS and verify its certificate against the roots `SSL_CERT_FILE` names (how an
+/// operator trusts a private CA, docs/scaling.md). A gateway that does not trust the
+/// certificate, or sends a wrong password, says so at the default level, with the URL but not
+/// the password, and keeps its limits local.
 #[tokio::test]
-async fn limits_shared_over_tls_need_a_trusted_redis_certificate() {
+async fn limits_shared_over_tls_need_a_trusted_redis_certificate_and_the_password() {
     let redis = RedisServer::start_tls().await;
+    let password = redis.password.clone().unwrap();
     let issuer = start_issuer().await;
     let echo = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let backend = format!(
-        "[rate_limits]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout = \"1s\"\nredis_key_prefix = \"jwtgate-test:\"\n",
-        redis.url()
-    );
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("jwtgate.toml");
-    let text = config_with_issuer(
-        echo.addr(),
-        issuer.issuer_url(),
-        "",
-        &format!("{ROUTES}{backend}{LIMITS}"),
-    );
-    std::fs::write(&config, text).unwrap();
+    let config_for = |name: &str, url: &str| {
+        let backend = format!(
+            "[rate_limits]\nbackend = \"redis\"\nredis_url = \"{url}\"\nredis_timeout = \"1s\"\nredis_key_prefix = \"jwtgate-test:\"\n"
+        );
+        let text = config_with_issuer(
+            echo.addr(),
+            issuer.issuer_url(),
+            "",
+            &format!("{ROUTES}{backend}{LIMITS}"),
+        );
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let config = config_for("jwtgate.toml", &redis.url());
     let roots = redis.tls.as_ref().unwrap().cert.as_path();
     let nobody = issuer.token_for_user("nobody");
 
@@ -576,7 +601,10 @@ async fn limits_shared_over_tls_need_a_trusted_redis_certificate() {
     for gateway in &trusting {
         logged(
             gateway,
-            &["connected to Redis for rate limits", "rediss://"],
+            &[
+                "connected to Redis for rate limits",
+                "rediss://***@127.0.0.1",
+            ],
         )
         .await;
         until_keys(gateway.addr, &nobody).await;
@@ -596,9 +624,8 @@ async fn limits_shared_over_tls_need_a_trusted_redis_certificate() {
         .unwrap();
     assert!(!keys.is_empty(), "no limit state in the TLS Redis");
 
-    // Another root: the handshake fails on the certificate, which the log says at the default
-    // level, and alice, out of requests in Redis, is counted afresh by this process's own
-    // limiter.
+    // Another root: the handshake fails on the certificate. alice, out of requests in Redis,
+    // is counted afresh by this process's own limiter.
     let other = write_cert(dir.path(), "other");
     let doubting =
         spawn_gateway_with_env(&config, "info", &[("SSL_CERT_FILE", other.cert.as_path())]);
@@ -607,9 +634,34 @@ async fn limits_shared_over_tls_need_a_trusted_redis_certificate() {
         &["cannot connect to Redis", "certificate", "WARN"],
     )
     .await;
-    assert!(!failure.contains(&alice), "{failure}");
+    let shown = format!("rediss://***@127.0.0.1:{}", redis.port);
+    assert!(failure.contains(&shown), "{failure}");
+    assert!(
+        !failure.contains(&password),
+        "the password was logged: {failure}"
+    );
     until_keys(doubting.addr, &nobody).await;
     let reply = get_at(doubting.addr, &alice).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.headers["ratelimit-remaining"], "3");
+
+    // The right roots, a wrong password: Redis refuses it, and the log names neither password.
+    let wrong = random_password();
+    let misconfigured = config_for("wrong.toml", &redis.url_with(Some(&wrong)));
+    let refused = spawn_gateway_with_env(&misconfigured, "info", &[("SSL_CERT_FILE", roots)]);
+    let failure = logged(&refused, &["cannot connect to Redis", "WARN", &shown]).await;
+    assert!(
+        failure.contains("Password authentication failed"),
+        "{failure}"
+    );
+    for secret in [&password, &wrong] {
+        assert!(
+            !failure.contains(secret.as_str()),
+            "a password was logged: {failure}"
+        );
+    }
+    until_keys(refused.addr, &nobody).await;
+    let reply = get_at(refused.addr, &alice).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.headers["ratelimit-remaining"], "3");
 }
