@@ -3,7 +3,12 @@
 Each ratio is given twice: the ratio of the two medians, and in brackets the median of the
 per-round ratios. Rounds are interleaved, so a round's targets ran within the same minute; the
 per-round ratio cancels the machine's drift from round to round (on a shared machine one
-target's rounds can differ by 50 %), the ratio of medians does not."""
+target's rounds can differ by 50 %), the ratio of medians does not.
+
+`p99 / mean` is each round's p99 over its mean latency, median of the rounds. wrk keeps every
+connection busy, so the mean latency is the connections divided by the req/s (Little's law):
+the column says how long the tail is for the throughput reached, the one part of the p99 a
+proxy's own scheduling decides (docs/performance.md, "p99 and throughput")."""
 import re
 import statistics
 import sys
@@ -21,12 +26,15 @@ def parse(text):
 
 results = defaultdict(list)
 by_round = defaultdict(dict)
+tails = defaultdict(list)
 for path in sorted(Path(sys.argv[1]).glob("*.txt")):
     # name: scenario__target__cN__roundR.txt
     scenario, target, conns, round_ = path.stem.split("__")
     parsed = parse(path.read_text())
     results[(scenario, conns, target)].append(parsed)
     by_round[(scenario, conns, target)][round_] = parsed[0]
+    if parsed[0] and parsed[2] is not None:
+        tails[(scenario, conns, target)].append(parsed[2] * parsed[0] / (int(conns[1:]) * 1000))
 
 
 def ratio(scenario, conns, target, base, medians):
@@ -51,12 +59,14 @@ for (scenario, conns, target), runs in results.items():
 
 for (scenario, conns), targets in sorted(rows.items()):
     print(f"\n## {scenario}, -{conns}")
-    print("| target | rounds | req/s (median) | p50 ms | p99 ms | non-2xx | vs nginx proxy | vs HAProxy JWT |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| target | rounds | req/s (median) | p50 ms | p99 ms | p99 / mean | non-2xx | vs nginx proxy | vs HAProxy JWT |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for target, (rps, p50, p99, non2xx, n) in sorted(targets.items()):
         vs_n = ratio(scenario, conns, target, "nginx-proxy", targets)
         vs_h = ratio(scenario, conns, target, "haproxy-jwt", targets)
-        print(f"| {target} | {n} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {non2xx} | {vs_n} | {vs_h} |")
+        tail = tails[(scenario, conns, target)]
+        tail = f"{statistics.median(tail):.2f}" if tail else "-"
+        print(f"| {target} | {n} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {tail} | {non2xx} | {vs_n} | {vs_h} |")
     local, shared = targets.get("jwtgate-protected"), targets.get("jwtgate-redis")
     if local and shared:
         # On one saturated core, 1/throughput is the time each request costs the proxy.
