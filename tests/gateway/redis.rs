@@ -339,18 +339,25 @@ struct Replicas {
     _echo: EchoServer,
 }
 
+/// A gateway configuration with the test routes, `limits`, and limits kept in the Redis at
+/// `redis_url` under the prefix `jwtgate-test:`.
+fn redis_config(
+    echo: SocketAddr,
+    issuer_url: &str,
+    redis_url: &str,
+    timeout: &str,
+    limits: &str,
+) -> String {
+    let backend = format!(
+        "[rate_limits]\nbackend = \"redis\"\nredis_url = \"{redis_url}\"\nredis_timeout = \"{timeout}\"\nredis_key_prefix = \"jwtgate-test:\"\n"
+    );
+    config_with_issuer(echo, issuer_url, "", &format!("{ROUTES}{backend}{limits}"))
+}
+
 async fn replicas(redis_url: &str, limits: &str) -> Replicas {
     let issuer = start_issuer().await;
     let echo = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let backend = format!(
-        "[rate_limits]\nbackend = \"redis\"\nredis_url = \"{redis_url}\"\nredis_timeout = \"200ms\"\nredis_key_prefix = \"jwtgate-test:\"\n"
-    );
-    let text = config_with_issuer(
-        echo.addr(),
-        issuer.issuer_url(),
-        "",
-        &format!("{ROUTES}{backend}{limits}"),
-    );
+    let text = redis_config(echo.addr(), issuer.issuer_url(), redis_url, "200ms", limits);
     let start = || async {
         let gateway = Gateway::start(Config::from_toml_str(&text).unwrap())
             .await
@@ -579,15 +586,7 @@ async fn limits_shared_over_tls_need_a_trusted_redis_certificate_and_the_passwor
     let echo = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config_for = |name: &str, url: &str| {
-        let backend = format!(
-            "[rate_limits]\nbackend = \"redis\"\nredis_url = \"{url}\"\nredis_timeout = \"1s\"\nredis_key_prefix = \"jwtgate-test:\"\n"
-        );
-        let text = config_with_issuer(
-            echo.addr(),
-            issuer.issuer_url(),
-            "",
-            &format!("{ROUTES}{backend}{LIMITS}"),
-        );
+        let text = redis_config(echo.addr(), issuer.issuer_url(), url, "1s", LIMITS);
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
         path
