@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 /// The upstream deadline of every request (jwtgate's default `timeout`).
 const DEADLINE: Duration = Duration::from_secs(30);
 
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

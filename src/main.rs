@@ -9,6 +9,7 @@ use tracing_subscriber::EnvFilter;
 
 // mimalloc's per-thread free lists: a request allocates and frees a few dozen small blocks
 // (headers, bodies, futures), and glibc's malloc showed up at about 6% of a profile under load.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
