@@ -31,10 +31,7 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-$BIN/examples/bench_issuer 18480 "$OUT" 1 & PIDS+=($!)
-until [ -s "$OUT/token.txt" ]; do sleep 0.1; done
-upstream_conf "$OUT" 127.0.0.1:18481 > "$OUT/upstream.conf"
-nginx -c "$OUT/upstream.conf" & PIDS+=($!)
+issuer_and_upstream $BIN/examples 18480
 
 # count NAME PORT PATH COMMAND...: runs COMMAND under DHAT, serving on 127.0.0.1:PORT.
 count() {

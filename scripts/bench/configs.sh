@@ -100,3 +100,13 @@ http { access_log off;
   server { listen $2; keepalive_requests 1000000; $(scripts/bench/upstream-body.sh "$1") } }
 NGINX
 }
+
+# issuer_and_upstream EXAMPLES PORT: the bench issuer (EXAMPLES/bench_issuer) on PORT, writing
+# its keys and tokens into $OUT, then nginx's `return 200` upstream on PORT+1; both are added
+# to PIDS. Returns once the issuer has written its token.
+issuer_and_upstream() {
+  "$1/bench_issuer" "$2" "$OUT" 1 & PIDS+=($!)
+  until [ -s "$OUT/token.txt" ]; do sleep 0.1; done
+  upstream_conf "$OUT" "127.0.0.1:$(($2 + 1))" > "$OUT/upstream.conf"
+  nginx -c "$OUT/upstream.conf" & PIDS+=($!)
+}

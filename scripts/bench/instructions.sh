@@ -38,10 +38,7 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-target/release/examples/bench_issuer 18380 "$OUT" 1 & PIDS+=($!)
-until [ -s "$OUT/token.txt" ]; do sleep 0.1; done
-upstream_conf "$OUT" 127.0.0.1:18381 > "$OUT/upstream.conf"
-nginx -c "$OUT/upstream.conf" & PIDS+=($!)
+issuer_and_upstream target/release/examples 18380
 
 # count NAME PORT PATH COMMAND...: runs COMMAND under callgrind, serving on 127.0.0.1:PORT.
 count() {
