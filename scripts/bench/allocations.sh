@@ -27,9 +27,7 @@ CONNS=${CONNS:-8}
 DURATION=${DURATION:-10}
 export RUST_LOG=warn
 
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+kill_on_exit
 
 issuer_and_upstream $BIN/examples 18480
 
@@ -39,8 +37,7 @@ count() {
   valgrind --tool=dhat --dhat-out-file="$OUT/dhat.$port.json" "$@" > "$OUT/$port.log" 2>&1 &
   local vg=$!
   PIDS+=($vg)
-  until curl -sf -o /dev/null -H "Authorization: Bearer $(cat "$OUT/token.txt")" \
-    "http://127.0.0.1:$port$path"; do sleep 0.2; done
+  until_answers "http://127.0.0.1:$port$path"
   TOKEN_FILE="$OUT/token.txt" wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 60s \
     -s scripts/bench/bearer.lua "http://127.0.0.1:$port$path" > "$OUT/wrk.$port.txt"
   # SIGTERM: jwtgate drains and exits; valgrind writes the profile either way.

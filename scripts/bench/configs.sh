@@ -1,5 +1,19 @@
 # Configuration files and set-up shared by the benchmark scripts (sourced, not run).
 
+# kill_on_exit: the processes a script adds to PIDS are killed when it exits.
+kill_on_exit() {
+  PIDS=()
+  trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
+}
+
+# until_answers URL: waits until URL answers 2xx to the bench token ($OUT/token.txt); for the
+# protected route, that is once the gateway holds the issuer's keys.
+until_answers() {
+  until curl -sf -o /dev/null -H "Authorization: Bearer $(cat "$OUT/token.txt")" "$1"; do
+    sleep 0.2
+  done
+}
+
 # install_missing TOOL...: installs from Debian the tools not on PATH (`perf` is linux-perf).
 install_missing() {
   local need=() tool
@@ -37,9 +51,7 @@ start_cpu0_targets() {
   pids+=($!)
   PIDS+=("${pids[@]}")
   for url in "${urls[@]}"; do
-    until curl -sf -o /dev/null -H "Authorization: Bearer $(cat "$OUT/token.txt")" "$url"; do
-      sleep 0.2
-    done
+    until_answers "$url"
     load "$url" 2 > /dev/null
   done
 }

@@ -34,9 +34,7 @@ CONNS=${CONNS:-8}
 DURATION=${DURATION:-8}
 export RUST_LOG=warn
 
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+kill_on_exit
 
 issuer_and_upstream target/release/examples 18380
 
@@ -48,9 +46,7 @@ count() {
     > "$OUT/$port.log" 2>&1 &
   local vg=$!
   PIDS+=($vg)
-  # Until it answers 200 (for the protected route: once it holds the issuer's keys).
-  until curl -sf -o /dev/null -H "Authorization: Bearer $(cat "$OUT/token.txt")" \
-    "http://127.0.0.1:$port$path"; do sleep 0.2; done
+  until_answers "http://127.0.0.1:$port$path"
   TOKEN_FILE="$OUT/token.txt" wrk -t1 -c"$CONNS" -d2s --timeout 60s \
     -s scripts/bench/bearer.lua "http://127.0.0.1:$port$path" > /dev/null
   callgrind_control -z "$vg" > /dev/null 2>&1

@@ -18,9 +18,7 @@ cargo build --release --locked --bin jwtgate --example bench_issuer --example ba
 export RUST_LOG=warn
 JWTGATE=${JWTGATE:-target/release/jwtgate}
 
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+kill_on_exit
 
 start_cpu0_targets 18490
 

@@ -32,9 +32,7 @@ cargo build --release --locked --bin jwtgate --example bench_issuer --example ba
 PGO=${PGO:-1}
 [ "$PGO" = 0 ] || scripts/pgo/build.sh
 
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+kill_on_exit
 
 # The local issuer: keys for jwtgate, tokens and the public key for the load.
 taskset -c $LOAD_CPU target/release/examples/bench_issuer 18180 "$OUT" & PIDS+=($!)

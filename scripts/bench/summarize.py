@@ -26,15 +26,12 @@ def parse(text):
 
 results = defaultdict(list)
 by_round = defaultdict(dict)
-tails = defaultdict(list)
 for path in sorted(Path(sys.argv[1]).glob("*.txt")):
     # name: scenario__target__cN__roundR.txt
     scenario, target, conns, round_ = path.stem.split("__")
     parsed = parse(path.read_text())
     results[(scenario, conns, target)].append(parsed)
     by_round[(scenario, conns, target)][round_] = parsed[0]
-    if parsed[0] and parsed[2] is not None:
-        tails[(scenario, conns, target)].append(parsed[2] * parsed[0] / (int(conns[1:]) * 1000))
 
 
 def ratio(scenario, conns, target, base, medians):
@@ -64,7 +61,8 @@ for (scenario, conns), targets in sorted(rows.items()):
     for target, (rps, p50, p99, non2xx, n) in sorted(targets.items()):
         vs_n = ratio(scenario, conns, target, "nginx-proxy", targets)
         vs_h = ratio(scenario, conns, target, "haproxy-jwt", targets)
-        tail = tails[(scenario, conns, target)]
+        # Each round's p99 (ms) times its req/s, over the connections: p99 / mean latency.
+        tail = [r[2] * r[0] / (int(conns[1:]) * 1000) for r in results[(scenario, conns, target)] if r[0] and r[2] is not None]
         tail = f"{statistics.median(tail):.2f}" if tail else "-"
         print(f"| {target} | {n} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {tail} | {non2xx} | {vs_n} | {vs_h} |")
     local, shared = targets.get("jwtgate-protected"), targets.get("jwtgate-redis")

@@ -23,9 +23,7 @@ export RUST_LOG=warn
 JWTGATE=${JWTGATE:-target/release/jwtgate}
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+kill_on_exit
 
 start_cpu0_targets 18480
 
