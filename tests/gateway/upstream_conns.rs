@@ -458,3 +458,72 @@ async fn an_answer_before_the_upload_ends_closes_the_client_connection() {
         Some(("get /early http/1.1".to_string(), 0))
     );
 }
+
+/// An upstream that never answers: it reports each request once its head is in, and each
+/// connection once the gateway has closed it.
+async fn holds_each_request() -> (
+    SocketAddr,
+    mpsc::UnboundedReceiver<()>,
+    mpsc::UnboundedReceiver<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (got_tx, got_rx) = mpsc::unbounded_channel();
+    let (closed_tx, closed_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let (got_tx, closed_tx) = (got_tx.clone(), closed_tx.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                if take_head(&mut s, &mut buf).await.is_none() {
+                    return;
+                }
+                let _ = got_tx.send(());
+                while read_more(&mut s, &mut buf).await.is_some() {}
+                let _ = closed_tx.send(());
+            });
+        }
+    });
+    (addr, got_rx, closed_rx)
+}
+
+/// A client that hangs up while its request waits on the upstream takes the upstream's work
+/// with it: the gateway closes the upstream connection at once, not when the route's
+/// `timeout` (here an hour) would have ended the wait. A slow upstream behind impatient
+/// clients, which retry, would otherwise serve every abandoned request to its end. A client
+/// that only shuts its sending side (a half-close) has hung up too, as for nginx by default:
+/// it gets no answer, and its connection is closed.
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_request_closes_its_upstream_connection() {
+    let (upstream, mut got, mut closed) = holds_each_request().await;
+    let h = Harness::with(&public_upstream(
+        "hold",
+        &[format!("http://{upstream}")],
+        "timeout = \"1h\"",
+    ))
+    .await;
+    let open = || async {
+        let mut s = TcpStream::connect(h.gateway.listen_addr()).await.unwrap();
+        s.write_all(b"GET /hold HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        s
+    };
+
+    let s = open().await;
+    within(got.recv()).await.unwrap();
+    drop(s);
+    assert_eq!(within(closed.recv()).await, Some(()), "after a close");
+
+    let mut s = open().await;
+    within(got.recv()).await.unwrap();
+    s.shutdown().await.unwrap();
+    assert_eq!(within(closed.recv()).await, Some(()), "after a half-close");
+    let mut rest = Vec::new();
+    within(s.read_to_end(&mut rest)).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&rest),
+        "",
+        "no answer after a half-close"
+    );
+}
