@@ -1,7 +1,8 @@
 //! TLS termination with a certificate generated in the test: HTTP/1.1 and h2 over TLS, ALPN,
-//! and clear errors for unusable certificate files; TLS towards upstreams: an untrusted
+//! h2 cancellation, and clear errors for unusable certificate files; TLS towards upstreams: an untrusted
 //! certificate refused (a silent handshake: forward.rs).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::support::{Harness, public_upstream, silent_upstream, within};
+use crate::upstream_conns::holds_each_request;
 
 pub(crate) struct Pem {
     pub(crate) cert: PathBuf,
@@ -59,6 +61,26 @@ fn tls_config_routing(cert: &Path, key: &Path, routes: &str) -> Config {
     Config::from_toml_str(&text).unwrap()
 }
 
+/// A TLS gateway, its certificate written under `dir`, with one public route `/{name}` to
+/// `upstream` under the upstream `timeout`.
+async fn tls_gateway_to(
+    dir: &Path,
+    name: &str,
+    upstream: SocketAddr,
+    timeout: &str,
+) -> (Gateway, Pem) {
+    let pem = write_cert(dir, "gw");
+    let routes = public_upstream(
+        name,
+        &[format!("http://{upstream}")],
+        &format!("timeout = \"{timeout}\""),
+    );
+    let gateway = Gateway::start(tls_config_routing(&pem.cert, &pem.key, &routes))
+        .await
+        .unwrap();
+    (gateway, pem)
+}
+
 /// A TLS-terminating gateway with a fresh self-signed certificate, in front of an echo server.
 struct TlsGateway {
     gateway: Gateway,
@@ -89,6 +111,16 @@ async fn connect(
     trust: &CertificateDer<'static>,
     alpn: &[u8],
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(gateway.listen_addr()).await.unwrap();
+    connect_over(tcp, trust, alpn).await
+}
+
+/// A TLS client on `tcp`, trusting `trust` alone and offering `alpn`.
+async fn connect_over(
+    tcp: TcpStream,
+    trust: &CertificateDer<'static>,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(trust.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -98,7 +130,6 @@ async fn connect(
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
-    let tcp = TcpStream::connect(gateway.listen_addr()).await.unwrap();
     TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
@@ -185,17 +216,8 @@ async fn h2_is_negotiated_by_alpn_and_forwarded_as_http_1_1() {
 #[tokio::test]
 async fn an_h2_request_to_a_silent_upstream_is_a_504_after_its_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let pem = write_cert(dir.path(), "gw");
     let (silent, _task) = silent_upstream().await;
-    let gateway = Gateway::start(tls_config_routing(
-        &pem.cert,
-        &pem.key,
-        &format!(
-            "[upstreams.slow]\ntargets = [\"http://{silent}\"]\ntimeout = \"300ms\"\n[[routes]]\npath = \"/slow\"\nupstream = \"slow\"\npublic = true\n"
-        ),
-    ))
-    .await
-    .unwrap();
+    let (gateway, pem) = tls_gateway_to(dir.path(), "slow", silent, "300ms").await;
 
     let tls = connect(&gateway, &pem.der, b"h2").await;
     let (mut send, conn) =
@@ -214,6 +236,63 @@ async fn an_h2_request_to_a_silent_upstream_is_a_504_after_its_timeout() {
     .unwrap();
     assert_eq!(response.status(), 504);
     assert_eq!(echo_doc(response).await["error"], "gateway_timeout");
+}
+
+/// An h2 client that gives up on a request (its stream is reset) cancels the upstream request as
+/// an HTTP/1.1 client that hangs up does (upstream_conns.rs): the pooled client's connection
+/// closes at once, not when the route's hour-long `timeout` would end the wait. The client's
+/// connection stays open and usable; closing it cancels its open streams' upstream requests too.
+#[tokio::test]
+async fn an_h2_stream_reset_mid_request_closes_its_upstream_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, mut got, mut closed) = holds_each_request().await;
+    let (gateway, pem) = tls_gateway_to(dir.path(), "hold", upstream, "1h").await;
+
+    // hyper's h2 client drives the connection in a task of its own: a second handle on the
+    // socket is how the test cuts it.
+    let tcp = TcpStream::connect(gateway.listen_addr())
+        .await
+        .unwrap()
+        .into_std()
+        .unwrap();
+    let cut = tcp.try_clone().unwrap();
+    let tls = connect_over(TcpStream::from_std(tcp).unwrap(), &pem.der, b"h2").await;
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let request = |mut send: hyper::client::conn::http2::SendRequest<_>| {
+        tokio::spawn(async move {
+            send.send_request(
+                Request::get("https://localhost/hold")
+                    .body(body::empty())
+                    .unwrap(),
+            )
+            .await
+        })
+    };
+
+    // Dropping the response future resets the stream (RST_STREAM, CANCEL).
+    let waiting = request(send.clone());
+    within(got.recv()).await.unwrap();
+    waiting.abort();
+    assert_eq!(
+        within(closed.recv()).await,
+        Some(()),
+        "after a stream reset"
+    );
+
+    // The same connection still carries requests; closing it takes their upstream work along.
+    let waiting = request(send.clone());
+    within(got.recv()).await.unwrap();
+    cut.shutdown(std::net::Shutdown::Both).unwrap();
+    assert_eq!(
+        within(closed.recv()).await,
+        Some(()),
+        "after the connection closed"
+    );
+    waiting.abort();
 }
 
 /// Upstream TLS is verified against the system's roots: an https upstream whose certificate

@@ -461,7 +461,7 @@ async fn an_answer_before_the_upload_ends_closes_the_client_connection() {
 
 /// An upstream that never answers: it reports each request once its head is in, and each
 /// connection once the gateway has closed it.
-async fn holds_each_request() -> (
+pub(crate) async fn holds_each_request() -> (
     SocketAddr,
     mpsc::UnboundedReceiver<()>,
     mpsc::UnboundedReceiver<()>,
