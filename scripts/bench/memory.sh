@@ -10,27 +10,20 @@
 # gateway's VmRSS and its token-cache and limiter figures from /metrics.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. scripts/bench/configs.sh
 N=${N:-1000000}
 OUT=${OUT:-$(mktemp -d /tmp/jwtgate-memory.XXXXXX)}
 mkdir -p "$OUT"
-if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
-  apt-get update -q && apt-get install -y -q wrk nginx
-fi
+install_missing wrk nginx curl
 cargo build --release --locked --bin jwtgate --example bench_issuer
 
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+kill_on_exit
 
 echo "signing $N tokens..."
 target/release/examples/bench_issuer 18280 "$OUT" "$N" & PIDS+=($!)
 until [ -s "$OUT/issuer.txt" ] && grep -q . "$OUT/tokens.txt" 2>/dev/null \
   && [ "$(wc -l < "$OUT/tokens.txt")" -ge "$N" ]; do sleep 1; done
-cat > "$OUT/upstream.conf" <<NGINX
-worker_processes 1; daemon off; pid $OUT/upstream.pid; error_log stderr error;
-events { worker_connections 1024; }
-http { access_log off; server { listen 127.0.0.1:18281; location / { return 200 "ok\n"; } } }
-NGINX
+upstream_conf "$OUT" 127.0.0.1:18281 > "$OUT/upstream.conf"
 nginx -c "$OUT/upstream.conf" & PIDS+=($!)
 
 cat > "$OUT/jwtgate.toml" <<TOML
