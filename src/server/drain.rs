@@ -7,6 +7,9 @@
 //! process (docs/performance.md). Here the signal wakes the connection's task through a waker
 //! of its own that leaves a mark, and the connection looks at the signal again only after that
 //! mark was left: per wake-up, one registration of the task's waker and one atomic swap.
+//!
+//! A connection can also be drained on its own, before the server is ([`Early`]): an h2
+//! connection with no stream open for a while (`server::idle`).
 
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
@@ -27,6 +30,26 @@ pub struct Drain {
 #[derive(Debug)]
 pub struct Watch {
     rx: watch::Receiver<()>,
+    mark: Arc<Mark>,
+}
+
+/// Drains one connection ahead of the server, from outside its task.
+#[derive(Debug, Clone)]
+pub struct Early {
+    mark: Arc<Mark>,
+}
+
+impl Early {
+    /// Tells the connection to drain as if the server were shutting down.
+    pub fn drain(&self) {
+        self.mark.early.store(true, Ordering::Release);
+        self.mark.wake_by_ref();
+    }
+
+    /// Wakes the connection's task, which polls the connection (and so its I/O) again.
+    pub fn wake(&self) {
+        self.mark.task.wake();
+    }
 }
 
 impl Drain {
@@ -41,6 +64,12 @@ impl Drain {
     pub fn watch(&self) -> Watch {
         Watch {
             rx: self.tx.subscribe(),
+            mark: Arc::new(Mark {
+                // Set, so the first poll looks at the signal and registers for it.
+                set: AtomicBool::new(true),
+                early: AtomicBool::new(false),
+                task: AtomicWaker::new(),
+            }),
         }
     }
 
@@ -63,27 +92,31 @@ impl Default for Drain {
 }
 
 impl Watch {
-    /// Runs `conn` to its end; when the drain starts, calls `drain` on it once (hyper's
-    /// `graceful_shutdown`: finish the request under way, then close).
+    /// What drains this connection alone.
+    pub fn early(&self) -> Early {
+        Early {
+            mark: self.mark.clone(),
+        }
+    }
+
+    /// Runs `conn` to its end; when the drain starts (or [`Early::drain`] is called), calls
+    /// `drain` on it once (hyper's `graceful_shutdown`: finish the requests under way, then
+    /// close).
     pub async fn run<C: Future>(self, conn: C, drain: impl FnOnce(Pin<&mut C>)) -> C::Output {
-        let Watch { mut rx } = self;
+        let Watch { mut rx, mark } = self;
         let mut conn = pin!(conn);
         let mut drain = Some(drain);
-        let mark = Arc::new(Mark {
-            // Set, so the first poll looks at the signal and registers for it.
-            set: AtomicBool::new(true),
-            task: AtomicWaker::new(),
-        });
         let mark_waker = Waker::from(mark.clone());
         let mut signal = pin!(rx.changed());
         poll_fn(|cx| {
             if drain.is_some() {
                 mark.task.register(cx.waker());
                 if mark.set.swap(false, Ordering::AcqRel)
-                    && signal
-                        .as_mut()
-                        .poll(&mut Context::from_waker(&mark_waker))
-                        .is_ready()
+                    && (mark.early.load(Ordering::Acquire)
+                        || signal
+                            .as_mut()
+                            .poll(&mut Context::from_waker(&mark_waker))
+                            .is_ready())
                     && let Some(drain) = drain.take()
                 {
                     // Ready with an error means the server is gone: drain all the same.
@@ -100,6 +133,8 @@ impl Watch {
 #[derive(Debug)]
 struct Mark {
     set: AtomicBool,
+    /// Drain this connection whatever the signal says ([`Early`]).
+    early: AtomicBool,
     task: AtomicWaker,
 }
 
@@ -160,6 +195,30 @@ mod tests {
         assert_eq!(drain.count(), 1);
         drain.shutdown().await;
         assert_eq!(task.await.unwrap(), "drained");
+    }
+
+    #[tokio::test]
+    async fn an_early_drain_drains_one_connection_and_not_the_others() {
+        let drain = Drain::new();
+        let (tx, mut wakers) = tokio::sync::mpsc::unbounded_channel();
+        let conn = |tx| Conn {
+            draining: false,
+            polls: Arc::default(),
+            wakers: tx,
+        };
+        let (one, other) = (drain.watch(), drain.watch());
+        let early = one.early();
+        let one = tokio::spawn(one.run(conn(tx.clone()), |mut c| c.draining = true));
+        let other = tokio::spawn(other.run(conn(tx), |mut c| c.draining = true));
+        // Both have been polled once.
+        wakers.recv().await.unwrap();
+        wakers.recv().await.unwrap();
+        early.drain();
+        assert_eq!(one.await.unwrap(), "drained");
+        assert_eq!(drain.count(), 1);
+        assert!(!other.is_finished());
+        drain.shutdown().await;
+        assert_eq!(other.await.unwrap(), "drained");
     }
 
     #[tokio::test]
