@@ -7,11 +7,13 @@
 
 pub mod drain;
 pub mod framing;
+pub mod idle;
 pub mod tls;
 
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -434,7 +436,12 @@ async fn serve<IO>(
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (stream, framing) = framing::Watched::new(stream);
+    let streams = Arc::new(idle::Streams::default());
+    let on_h2 = idle::Arm {
+        streams: streams.clone(),
+        early: watch.early(),
+    };
+    let (stream, framing) = framing::Watched::new(stream, on_h2);
     let info = ConnInfo {
         remote,
         client_ip: http::HeaderValue::from_str(&remote.ip().to_string())
@@ -444,7 +451,7 @@ where
         index: 0,
         affinity: Arc::default(),
     };
-    let service = HyperService::new(serving.service, serving.live, info);
+    let service = HyperService::new(serving.service, serving.live, info, streams);
     // The connection's own timer: one tokio timer for the header-read deadline of all its
     // request heads (crate::timer).
     let mut builder = builder.clone();
@@ -469,27 +476,65 @@ struct HyperService {
     live: Live,
     info: ConnInfo,
     next_index: Cell<u64>,
+    /// The connection's open h2 streams (`idle`).
+    streams: Arc<idle::Streams>,
 }
 
 impl HyperService {
-    fn new(service: GatewayService, live: Live, info: ConnInfo) -> HyperService {
+    fn new(
+        service: GatewayService,
+        live: Live,
+        info: ConnInfo,
+        streams: Arc<idle::Streams>,
+    ) -> HyperService {
         HyperService {
             service: RefCell::new(service),
             live,
             info,
             next_index: Cell::new(0),
+            streams,
         }
     }
 }
 
 type StackFuture = <GatewayService as tower::Service<Request<body::Body>>>::Future;
 
+type Answer = Result<http::Response<body::Body>, std::convert::Infallible>;
+type Boxed = Pin<Box<dyn Future<Output = Answer> + Send>>;
+
 impl hyper::service::Service<Request<Incoming>> for HyperService {
     type Response = http::Response<body::Body>;
     type Error = std::convert::Infallible;
-    type Future = Either<StackFuture, tower::util::Oneshot<GatewayService, Request<body::Body>>>;
+    /// The stack's own future for HTTP/1; boxed for an h2 stream, which is counted open until
+    /// its response body is done (`idle`), and for a stack that was not ready.
+    type Future = Either<StackFuture, Boxed>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
+        if req.version() == http::Version::HTTP_2 {
+            let open = self.streams.open();
+            let answer = self.call_stack(req);
+            return Either::Right(Box::pin(async move {
+                let Ok(response) = answer.await;
+                Ok(response.map(|b| body::boxed(idle::Held::new(b, open))))
+            }));
+        }
+        self.call_stack(req)
+    }
+}
+
+/// The connection owns its service: the service goes when the connection ends (or is dropped
+/// at shutdown), and the idle watch with it.
+impl Drop for HyperService {
+    fn drop(&mut self) {
+        self.streams.end();
+    }
+}
+
+impl HyperService {
+    /// Numbers the request, gives it its context and calls the stack. Inlined: the stack's
+    /// future is returned by value, and a call would move it once more.
+    #[inline(always)]
+    fn call_stack(&self, req: Request<Incoming>) -> Either<StackFuture, Boxed> {
         let mut req = req.map(body::boxed);
         let mut info = self.info.clone();
         info.index = self.next_index.get();
@@ -504,7 +549,7 @@ impl hyper::service::Service<Request<Incoming>> for HyperService {
         match tower::Service::poll_ready(&mut *service, &mut cx) {
             Poll::Ready(Ok(())) => Either::Left(tower::Service::call(&mut *service, req)),
             Poll::Ready(Err(never)) => match never {},
-            Poll::Pending => Either::Right(service.clone().oneshot(req)),
+            Poll::Pending => Either::Right(Box::pin(service.clone().oneshot(req))),
         }
     }
 }
@@ -581,7 +626,13 @@ mod tests {
         let stack = GatewayService::new(Hesitant {
             polls: polls.clone(),
         });
-        let (server_io, framing) = framing::Watched::new(server_io);
+        let streams = Arc::new(idle::Streams::default());
+        let drain = drain::Drain::new();
+        let on_h2 = idle::Arm {
+            streams: streams.clone(),
+            early: drain.watch().early(),
+        };
+        let (server_io, framing) = framing::Watched::new(server_io, on_h2);
         let info = ConnInfo {
             remote: ([127, 0, 0, 1], 1).into(),
             client_ip: http::HeaderValue::from_static("127.0.0.1"),
@@ -593,7 +644,7 @@ mod tests {
         let live = crate::snapshot::empty_live();
         let server = hyper::server::conn::http1::Builder::new().serve_connection(
             TokioIo::new(server_io),
-            HyperService::new(stack, live, info),
+            HyperService::new(stack, live, info, streams),
         );
         tokio::spawn(server);
         let (mut sender, conn) = client::handshake(TokioIo::new(client_io)).await.unwrap();

@@ -23,6 +23,8 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::idle;
+
 /// Longest request head hyper accepts (its read buffer is capped at this, see `server.rs`), so
 /// also the longest line the watcher ever has to follow: a line that would need more cannot be
 /// part of a request hyper serves.
@@ -52,16 +54,23 @@ pub struct Watched<IO> {
     inner: IO,
     scanner: Scanner,
     flag: Arc<AmbiguousFraming>,
+    /// Started when the h2 preface is read: the watch on idle h2 connections.
+    on_h2: Option<idle::Arm>,
+    /// Once started, what the watch may close outright.
+    h2: Option<Arc<idle::Streams>>,
 }
 
 impl<IO> Watched<IO> {
-    /// Wraps `inner`; the returned flag is set when an ambiguous request head is read.
-    pub fn new(inner: IO) -> (Watched<IO>, Arc<AmbiguousFraming>) {
+    /// Wraps `inner`; the returned flag is set when an ambiguous request head is read, and
+    /// `on_h2` is started if the connection turns out to speak h2.
+    pub fn new(inner: IO, on_h2: idle::Arm) -> (Watched<IO>, Arc<AmbiguousFraming>) {
         let flag = Arc::new(AmbiguousFraming::default());
         let watched = Watched {
             inner,
             scanner: Scanner::default(),
             flag: flag.clone(),
+            on_h2: Some(on_h2),
+            h2: None,
         };
         (watched, flag)
     }
@@ -73,6 +82,9 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.closed() {
+            return Poll::Ready(Err(idle_closed()));
+        }
         let before = buf.filled().len();
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
         let this = &mut *self;
@@ -80,16 +92,34 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
             // Only the first one counts; hyper closes the connection after it anyway.
             let _ = this.flag.0.fetch_min(index, Ordering::AcqRel);
         }
+        if this.scanner.h2
+            && let Some(arm) = this.on_h2.take()
+        {
+            this.h2 = Some(arm.streams.clone());
+            arm.start();
+        }
         Poll::Ready(Ok(()))
     }
 }
 
+impl<IO> Watched<IO> {
+    /// Whether the idle watch has closed this (h2) connection outright.
+    fn closed(&self) -> bool {
+        self.h2.as_ref().is_some_and(|h2| h2.closed())
+    }
+}
+
+/// Writes fail too once the connection is closed outright: a client that stops reading would
+/// otherwise keep hyper waiting on a write, never to look at a read.
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.closed() {
+            return Poll::Ready(Err(idle_closed()));
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -98,6 +128,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.closed() {
+            return Poll::Ready(Err(idle_closed()));
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -106,12 +139,23 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.closed() {
+            return Poll::Ready(Err(idle_closed()));
+        }
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// The error an idle h2 connection's reads end with once it is closed outright.
+fn idle_closed() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "idle h2 connection closed: no stream and no answer to GOAWAY",
+    )
 }
 
 fn without_cr(line: &[u8]) -> &[u8] {
@@ -144,6 +188,10 @@ struct Scanner {
     head: Head,
     /// Request heads completed so far.
     heads: u64,
+    /// The connection began with the h2 preface.
+    h2: bool,
+    /// An empty line came before a request line.
+    blank: bool,
 }
 
 #[derive(Debug, Default)]
@@ -162,6 +210,8 @@ impl Default for Scanner {
             line: Vec::new(),
             head: Head::default(),
             heads: 0,
+            h2: false,
+            blank: false,
         }
     }
 }
@@ -258,10 +308,13 @@ impl Scanner {
         if !self.head.started {
             // Empty lines before a request line are allowed (RFC 9112 §2.2).
             if line.is_empty() {
+                self.blank = true;
                 return false;
             }
             if line.starts_with(b"PRI * HTTP/2.0") {
                 self.state = State::Off;
+                // Only as the connection's very first bytes is it the preface hyper takes.
+                self.h2 = self.heads == 0 && !self.blank;
                 return false;
             }
             self.head.started = true;
@@ -318,6 +371,24 @@ mod tests {
             ambiguous = ambiguous.or(s.feed(c));
         }
         (ambiguous, s.state)
+    }
+
+    #[test]
+    fn only_the_preface_as_the_first_bytes_marks_the_connection_h2() {
+        let h2 = |chunks: &[&[u8]]| {
+            let mut s = Scanner::default();
+            for c in chunks {
+                s.feed(c);
+            }
+            s.h2
+        };
+        assert!(h2(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]));
+        assert!(h2(&[b"PRI * HT", b"TP/2.0\r\n\r\nSM\r\n\r\n"]));
+        assert!(!h2(&[b"\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]));
+        assert!(!h2(&[
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPRI * HTTP/2.0\r\n\r\n"
+        ]));
+        assert!(!h2(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"]));
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod child;
 mod cli;
 mod demo;
 mod forward;
+mod h2_idle;
 mod jwt_attacks;
 mod keys;
 mod operations;

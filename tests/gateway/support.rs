@@ -317,6 +317,23 @@ pub(crate) async fn silent_upstream() -> (SocketAddr, tokio::task::JoinHandle<()
     (addr, task)
 }
 
+/// An upstream on 127.0.0.1 that runs `serve` on each connection it accepts, in a task of its
+/// own.
+pub(crate) async fn each_connection<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream));
+        }
+    });
+    addr
+}
+
 /// An address where nothing listens (connections are refused).
 pub(crate) async fn closed_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -22,7 +22,7 @@ use crate::upstream_conns::holds_each_request;
 pub(crate) struct Pem {
     pub(crate) cert: PathBuf,
     pub(crate) key: PathBuf,
-    der: CertificateDer<'static>,
+    pub(crate) der: CertificateDer<'static>,
 }
 
 pub(crate) fn write_cert(dir: &Path, name: &str) -> Pem {
@@ -63,7 +63,7 @@ fn tls_config_routing(cert: &Path, key: &Path, routes: &str) -> Config {
 
 /// A TLS gateway, its certificate written under `dir`, with one public route `/{name}` to
 /// `upstream` under the upstream `timeout`.
-async fn tls_gateway_to(
+pub(crate) async fn tls_gateway_to(
     dir: &Path,
     name: &str,
     upstream: SocketAddr,
@@ -116,7 +116,7 @@ async fn connect(
 }
 
 /// A TLS client on `tcp`, trusting `trust` alone and offering `alpn`.
-async fn connect_over(
+pub(crate) async fn connect_over(
     tcp: TcpStream,
     trust: &CertificateDer<'static>,
     alpn: &[u8],

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::support::{Harness, public_upstream, raw, raw_status, within};
+use crate::support::{Harness, each_connection, public_upstream, raw, raw_status, within};
 
 /// One client connection to `addr`, kept open for several requests in turn.
 struct KeepAlive(http1::SendRequest<Body>);
@@ -310,7 +310,7 @@ async fn answers_second_request_only() -> (SocketAddr, mpsc::UnboundedReceiver<u
 }
 
 /// Reads until the end of a request head (the tests send no bodies).
-async fn read_head(s: &mut TcpStream) {
+pub(crate) async fn read_head(s: &mut TcpStream) {
     let _ = take_head(s, &mut Vec::new()).await;
 }
 
@@ -357,22 +357,16 @@ fn content_length(head: &str) -> usize {
 /// An upstream that answers the first request on each connection with `ok` and never answers
 /// a later one (it keeps the connection open and says nothing).
 async fn answers_first_request_of_each_connection() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                read_head(&mut s).await;
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                    .await;
-                read_head(&mut s).await;
-                // Hold the connection until the gateway gives up on it.
-                let _ = s.read(&mut [0u8; 1]).await;
-            });
-        }
-    });
-    addr
+    each_connection(|mut s| async move {
+        read_head(&mut s).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .await;
+        read_head(&mut s).await;
+        // Hold the connection until the gateway gives up on it.
+        let _ = s.read(&mut [0u8; 1]).await;
+    })
+    .await
 }
 
 /// An upstream that answers each request as soon as its head is in, then reads and discards
