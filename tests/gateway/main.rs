@@ -10,7 +10,7 @@ mod child;
 mod cli;
 mod demo;
 mod forward;
-mod h2_idle;
+mod h2;
 mod jwt_attacks;
 mod keys;
 mod operations;

@@ -1,8 +1,8 @@
-//! Idle h2 connections: one with no stream open is sent GOAWAY 30 s after its last stream (or
-//! its preface), as an idle HTTP/1 keep-alive connection is closed after 30 s, and is closed
-//! outright 30 s later if the client has not finished the close by then. h2 with prior
-//! knowledge on the plain listener, and once over TLS, where the same watch reads the
-//! decrypted bytes.
+//! h2's own limits. Idle connections: one with no stream open is sent GOAWAY 30 s after its
+//! last stream (or its preface), as an idle HTTP/1 keep-alive connection is closed after 30 s,
+//! and is closed outright 30 s later if the client has not finished the close by then. Header
+//! lists: over 16 KiB, a 431. h2 with prior knowledge on the plain listener, and once over
+//! TLS, where the same watch reads the decrypted bytes.
 //!
 //! Time is tokio's paused clock. When every task waits, the runtime looks for I/O once and
 //! then moves the clock to the next timer, even when that I/O has arrived: a request in
@@ -35,18 +35,22 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const SETTINGS_AND_ACK: &[u8] = b"\0\0\0\x04\0\0\0\0\0\0\0\0\x04\x01\0\0\0\0";
 const GOAWAY: u8 = 0x7;
 
-/// On the fine clock, a gateway with `/public` to an echo server and `/late` to an upstream that answers each
-/// request 45 s after its head (under a route timeout of an hour).
+/// On the fine clock, a gateway with `/public` to an echo server, `/late` to an upstream that
+/// answers each request 45 s after its head, and `/trickle` to one that sends the head at once
+/// and the body 45 s later (both under a route timeout of an hour).
 async fn gateway() -> (EchoServer, Gateway) {
     fine_clock();
     let echo = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let late = answers_after_45_s().await;
+    let late = answers_after_45_s(b"").await;
+    let trickle = answers_after_45_s(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n").await;
     let config = Config::from_toml_str(&format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n\
          [upstreams.echo]\ntargets = [\"http://{}\"]\n\
          [upstreams.late]\ntargets = [\"http://{late}\"]\ntimeout = \"1h\"\n\
+         [upstreams.trickle]\ntargets = [\"http://{trickle}\"]\ntimeout = \"1h\"\n\
          [[routes]]\npath = \"/public\"\nupstream = \"echo\"\npublic = true\n\
-         [[routes]]\npath = \"/late\"\nupstream = \"late\"\npublic = true\n",
+         [[routes]]\npath = \"/late\"\nupstream = \"late\"\npublic = true\n\
+         [[routes]]\npath = \"/trickle\"\nupstream = \"trickle\"\npublic = true\n",
         echo.addr()
     ))
     .unwrap();
@@ -54,13 +58,15 @@ async fn gateway() -> (EchoServer, Gateway) {
     (echo, gateway)
 }
 
-async fn answers_after_45_s() -> SocketAddr {
-    each_connection(|mut s| async move {
+/// An upstream that writes `first` as soon as a request's head is in, and the rest of the
+/// response `HTTP/1.1 200 OK`, 4 bytes of body, 45 s later.
+async fn answers_after_45_s(first: &'static [u8]) -> SocketAddr {
+    each_connection(move |mut s| async move {
+        let whole = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate";
         read_head(&mut s).await;
+        let _ = s.write_all(first).await;
         tokio::time::sleep(Duration::from_secs(45)).await;
-        let _ = s
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate")
-            .await;
+        let _ = s.write_all(&whole[first.len()..]).await;
         let _ = s.read(&mut [0u8; 64]).await;
     })
     .await
@@ -203,15 +209,17 @@ async fn an_h2_client_asking_every_20_s_keeps_its_connection() {
     assert_eq!(echo.requests(), 5);
 }
 
-/// A stream is open until its response has been sent: a response that takes 45 s is not idle
-/// time, and the connection takes new requests after it.
+/// A stream is open until its response has been sent: a response that takes 45 s, before its
+/// head or in its body, is not idle time, and the connection takes new requests after it.
 #[tokio::test(start_paused = true)]
 async fn an_h2_stream_open_longer_than_30_s_keeps_its_connection() {
     let (echo, gateway) = gateway().await;
     let (mut send, conn) = h2_client(&gateway).await;
-    let started = Instant::now();
-    assert_eq!(get(&mut send, "/late").await, Some(200));
-    about(started.elapsed(), 45);
+    for path in ["/late", "/trickle"] {
+        let started = Instant::now();
+        assert_eq!(get(&mut send, path).await, Some(200), "{path}");
+        about(started.elapsed(), 45);
+    }
     assert_eq!(get(&mut send, "/public/x").await, Some(200));
     assert!(!conn.is_finished());
     assert_eq!(echo.requests(), 1);
@@ -230,5 +238,22 @@ async fn an_idle_h2_connection_over_tls_is_closed_30_s_after_its_last_response()
     let answered = Instant::now();
     ends(conn).await;
     about(answered.elapsed(), 30);
+    assert_eq!(echo.requests(), 1);
+}
+
+/// hyper's limit on an h2 request's header list is 16 KiB; a larger one is answered 431 by the
+/// h2 crate, before anything reaches the gateway's layers, and the connection carries on.
+#[tokio::test(start_paused = true)]
+async fn an_h2_header_list_over_16_kib_is_a_431_and_the_connection_carries_on() {
+    let (echo, gateway) = gateway().await;
+    let (mut send, conn) = h2_client(&gateway).await;
+    let request = Request::get("http://gw/public/x")
+        .header("x-big", "a".repeat(20 * 1024))
+        .body(body::empty())
+        .unwrap();
+    let response = send.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 431);
+    assert_eq!(get(&mut send, "/public/x").await, Some(200));
+    assert!(!conn.is_finished());
     assert_eq!(echo.requests(), 1);
 }
