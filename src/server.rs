@@ -437,10 +437,7 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let streams = Arc::new(idle::Streams::default());
-    let on_h2 = idle::Arm {
-        streams: streams.clone(),
-        early: watch.early(),
-    };
+    let on_h2 = idle::Arm::new(&streams, watch.early());
     let (stream, framing) = framing::Watched::new(stream, on_h2);
     let info = ConnInfo {
         remote,
@@ -457,9 +454,11 @@ where
     let mut builder = builder.clone();
     builder.http1().timer(crate::timer::ConnTimer::default());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    // `None`: an idle h2 connection dropped by its watch (`idle`), which logged it.
     watch
         .run(conn.into_owned(), |conn| conn.graceful_shutdown())
         .await
+        .unwrap_or(Ok(()))
 }
 
 /// Adapts the tower stack to hyper: boxes the body and starts the request's context with the
@@ -627,11 +626,7 @@ mod tests {
             polls: polls.clone(),
         });
         let streams = Arc::new(idle::Streams::default());
-        let drain = drain::Drain::new();
-        let on_h2 = idle::Arm {
-            streams: streams.clone(),
-            early: drain.watch().early(),
-        };
+        let on_h2 = idle::Arm::new(&streams, drain::Drain::new().watch().early());
         let (server_io, framing) = framing::Watched::new(server_io, on_h2);
         let info = ConnInfo {
             remote: ([127, 0, 0, 1], 1).into(),

@@ -8,14 +8,14 @@
 //! of its own that leaves a mark, and the connection looks at the signal again only after that
 //! mark was left: per wake-up, one registration of the task's waker and one atomic swap.
 //!
-//! A connection can also be drained on its own, before the server is ([`Early`]): an h2
-//! connection with no stream open for a while (`server::idle`).
+//! A connection can also be drained on its own, before the server is, or dropped at once
+//! ([`Early`]): an h2 connection with no stream open for a while (`server::idle`).
 
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Wake, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 
 use futures_util::task::AtomicWaker;
 use tokio::sync::watch;
@@ -33,7 +33,7 @@ pub struct Watch {
     mark: Arc<Mark>,
 }
 
-/// Drains one connection ahead of the server, from outside its task.
+/// Drains or drops one connection ahead of the server, from outside its task.
 #[derive(Debug, Clone)]
 pub struct Early {
     mark: Arc<Mark>,
@@ -46,9 +46,10 @@ impl Early {
         self.mark.wake_by_ref();
     }
 
-    /// Wakes the connection's task, which polls the connection (and so its I/O) again.
-    pub fn wake(&self) {
-        self.mark.task.wake();
+    /// Drops the connection at once, drained or not: [`Watch::run`] returns `None`.
+    pub fn abort(&self) {
+        self.mark.abort.store(true, Ordering::Release);
+        self.mark.wake_by_ref();
     }
 }
 
@@ -68,6 +69,7 @@ impl Drain {
                 // Set, so the first poll looks at the signal and registers for it.
                 set: AtomicBool::new(true),
                 early: AtomicBool::new(false),
+                abort: AtomicBool::new(false),
                 task: AtomicWaker::new(),
             }),
         }
@@ -101,29 +103,35 @@ impl Watch {
 
     /// Runs `conn` to its end; when the drain starts (or [`Early::drain`] is called), calls
     /// `drain` on it once (hyper's `graceful_shutdown`: finish the requests under way, then
-    /// close).
-    pub async fn run<C: Future>(self, conn: C, drain: impl FnOnce(Pin<&mut C>)) -> C::Output {
+    /// close). `None` if [`Early::abort`] dropped the connection first.
+    pub async fn run<C: Future>(
+        self,
+        conn: C,
+        drain: impl FnOnce(Pin<&mut C>),
+    ) -> Option<C::Output> {
         let Watch { mut rx, mark } = self;
         let mut conn = pin!(conn);
         let mut drain = Some(drain);
         let mark_waker = Waker::from(mark.clone());
         let mut signal = pin!(rx.changed());
         poll_fn(|cx| {
-            if drain.is_some() {
-                mark.task.register(cx.waker());
-                if mark.set.swap(false, Ordering::AcqRel)
-                    && (mark.early.load(Ordering::Acquire)
+            mark.task.register(cx.waker());
+            if mark.set.swap(false, Ordering::AcqRel) {
+                if mark.abort.load(Ordering::Acquire) {
+                    return Poll::Ready(None);
+                }
+                // Ready with an error means the server is gone: drain all the same.
+                if let Some(drain) = drain.take_if(|_| {
+                    mark.early.load(Ordering::Acquire)
                         || signal
                             .as_mut()
                             .poll(&mut Context::from_waker(&mark_waker))
-                            .is_ready())
-                    && let Some(drain) = drain.take()
-                {
-                    // Ready with an error means the server is gone: drain all the same.
+                            .is_ready()
+                }) {
                     drain(conn.as_mut());
                 }
             }
-            conn.as_mut().poll(cx)
+            conn.as_mut().poll(cx).map(Some)
         })
         .await
     }
@@ -133,8 +141,10 @@ impl Watch {
 #[derive(Debug)]
 struct Mark {
     set: AtomicBool,
-    /// Drain this connection whatever the signal says ([`Early`]).
+    /// Drain this connection whatever the signal says ([`Early::drain`]).
     early: AtomicBool,
+    /// Drop this connection now ([`Early::abort`]).
+    abort: AtomicBool,
     task: AtomicWaker,
 }
 
@@ -152,7 +162,6 @@ impl Wake for Mark {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;
-    use std::task::Poll;
 
     use super::*;
 
@@ -194,7 +203,7 @@ mod tests {
         assert_eq!(polls.load(Ordering::Relaxed), 6);
         assert_eq!(drain.count(), 1);
         drain.shutdown().await;
-        assert_eq!(task.await.unwrap(), "drained");
+        assert_eq!(task.await.unwrap(), Some("drained"));
     }
 
     #[tokio::test]
@@ -214,11 +223,37 @@ mod tests {
         wakers.recv().await.unwrap();
         wakers.recv().await.unwrap();
         early.drain();
-        assert_eq!(one.await.unwrap(), "drained");
+        assert_eq!(one.await.unwrap(), Some("drained"));
         assert_eq!(drain.count(), 1);
         assert!(!other.is_finished());
         drain.shutdown().await;
-        assert_eq!(other.await.unwrap(), "drained");
+        assert_eq!(other.await.unwrap(), Some("drained"));
+    }
+
+    #[tokio::test]
+    async fn an_abort_drops_one_connection_at_once_drained_or_not() {
+        let drain = Drain::new();
+        let (tx, mut wakers) = tokio::sync::mpsc::unbounded_channel();
+        // Never ends, even when drained: as an h2 connection whose client ignores the GOAWAY.
+        let stubborn = |tx| Conn {
+            draining: false,
+            polls: Arc::default(),
+            wakers: tx,
+        };
+        let (one, other) = (drain.watch(), drain.watch());
+        let (early_one, early_other) = (one.early(), other.early());
+        let one = tokio::spawn(one.run(stubborn(tx.clone()), |_| {}));
+        let other = tokio::spawn(other.run(stubborn(tx), |_| {}));
+        wakers.recv().await.unwrap();
+        wakers.recv().await.unwrap();
+        early_one.abort();
+        assert_eq!(one.await.unwrap(), None);
+        early_other.drain();
+        wakers.recv().await.unwrap();
+        assert!(!other.is_finished());
+        early_other.abort();
+        assert_eq!(other.await.unwrap(), None);
+        assert_eq!(drain.count(), 0);
     }
 
     #[tokio::test]
@@ -233,7 +268,7 @@ mod tests {
             .watch()
             .run(std::future::ready(7), |_| unreachable!("never drained"))
             .await;
-        assert_eq!(out, 7);
+        assert_eq!(out, Some(7));
         assert_eq!(drain.count(), 0);
     }
 }

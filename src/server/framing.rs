@@ -56,8 +56,6 @@ pub struct Watched<IO> {
     flag: Arc<AmbiguousFraming>,
     /// Started when the h2 preface is read: the watch on idle h2 connections.
     on_h2: Option<idle::Arm>,
-    /// Once started, what the watch may close outright.
-    h2: Option<Arc<idle::Streams>>,
 }
 
 impl<IO> Watched<IO> {
@@ -70,7 +68,6 @@ impl<IO> Watched<IO> {
             scanner: Scanner::default(),
             flag: flag.clone(),
             on_h2: Some(on_h2),
-            h2: None,
         };
         (watched, flag)
     }
@@ -82,9 +79,6 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.closed() {
-            return Poll::Ready(Err(idle_closed()));
-        }
         let before = buf.filled().len();
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
         let this = &mut *self;
@@ -95,31 +89,18 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
         if this.scanner.h2
             && let Some(arm) = this.on_h2.take()
         {
-            this.h2 = Some(arm.streams.clone());
             arm.start();
         }
         Poll::Ready(Ok(()))
     }
 }
 
-impl<IO> Watched<IO> {
-    /// Whether the idle watch has closed this (h2) connection outright.
-    fn closed(&self) -> bool {
-        self.h2.as_ref().is_some_and(|h2| h2.closed())
-    }
-}
-
-/// Writes fail too once the connection is closed outright: a client that stops reading would
-/// otherwise keep hyper waiting on a write, never to look at a read.
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.closed() {
-            return Poll::Ready(Err(idle_closed()));
-        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -128,9 +109,6 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if self.closed() {
-            return Poll::Ready(Err(idle_closed()));
-        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -139,23 +117,12 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.closed() {
-            return Poll::Ready(Err(idle_closed()));
-        }
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
-}
-
-/// The error an idle h2 connection's reads end with once it is closed outright.
-fn idle_closed() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::TimedOut,
-        "idle h2 connection closed: no stream and no answer to GOAWAY",
-    )
 }
 
 fn without_cr(line: &[u8]) -> &[u8] {

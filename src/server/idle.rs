@@ -9,8 +9,7 @@
 //! would (`drain::Early`): hyper sends GOAWAY, lets the streams already begun finish, and
 //! closes. hyper's graceful close waits for the client to answer a PING first; a client that
 //! never does would keep the connection all the same, so one that is still open, with no
-//! stream, [`H2_IDLE`] after the GOAWAY is closed outright: its reads and writes fail
-//! (`Watched`).
+//! stream, [`H2_IDLE`] after the GOAWAY is dropped (`drain::Early::abort`).
 //!
 //! HTTP/1 connections pay one small allocation at accept (their [`Streams`], never used) and
 //! nothing per request.
@@ -36,8 +35,6 @@ pub const H2_IDLE: Duration = Duration::from_secs(30);
 pub struct Streams {
     open: AtomicUsize,
     ended: AtomicBool,
-    /// The connection is to be closed outright: its I/O fails from now on.
-    closed: AtomicBool,
     changed: Notify,
 }
 
@@ -53,11 +50,6 @@ impl Streams {
     pub fn end(&self) {
         self.ended.store(true, Ordering::Release);
         self.changed.notify_one();
-    }
-
-    /// Whether the connection is to be closed outright.
-    pub fn closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
     }
 
     /// Returns once no stream has been open for `idle` (true), or when the connection has
@@ -95,18 +87,26 @@ impl Drop for Open {
 /// What starts a connection's watch, once it turns out to speak h2.
 #[derive(Debug)]
 pub struct Arm {
-    pub(crate) streams: Arc<Streams>,
-    pub(crate) early: Early,
+    streams: Arc<Streams>,
+    early: Early,
 }
 
 impl Arm {
+    /// The watch over `streams` that would drain or drop the connection through `early`.
+    pub fn new(streams: &Arc<Streams>, early: Early) -> Arm {
+        Arm {
+            streams: streams.clone(),
+            early,
+        }
+    }
+
     /// Starts the watch in a task of its own; it ends with the connection.
     pub fn start(self) {
         tokio::spawn(drain_when_idle(self.streams, self.early, H2_IDLE));
     }
 }
 
-/// Drains the connection (`early`) once `idle` has passed with no stream open, and closes it
+/// Drains the connection (`early`) once `idle` has passed with no stream open, and drops it
 /// if it is still open, with no stream, `idle` after that; returns then, or when the connection
 /// ends.
 pub async fn drain_when_idle(streams: Arc<Streams>, early: Early, idle: Duration) {
@@ -117,8 +117,8 @@ pub async fn drain_when_idle(streams: Arc<Streams>, early: Early, idle: Duration
     if !streams.idle_for(idle).await {
         return;
     }
-    streams.closed.store(true, Ordering::Release);
-    early.wake();
+    tracing::debug!("idle h2 connection dropped: no stream, and the GOAWAY was not answered");
+    early.abort();
 }
 
 pin_project_lite::pin_project! {
@@ -164,55 +164,59 @@ mod tests {
     use super::*;
     use crate::server::drain::Drain;
 
-    /// A connection that never ends on its own, under the watch of `streams`; the handle
-    /// returns the instant it was drained. The drain must be kept: dropping it drains too.
-    fn watched(streams: &Arc<Streams>) -> (Drain, tokio::task::JoinHandle<Instant>) {
+    /// The instant a connection was drained.
+    type Drained = tokio::task::JoinHandle<Instant>;
+    /// What a connection's run returned (`None`: dropped), and the instant it ended.
+    type Ended = tokio::task::JoinHandle<(Option<()>, Instant)>;
+
+    /// A connection that never ends on its own, not even when drained, under the watch of
+    /// `streams`. The drain must be kept: dropping it drains too.
+    fn watched(streams: &Arc<Streams>) -> (Drain, Drained, Ended) {
         let drain = Drain::new();
         let watch = drain.watch();
         tokio::spawn(drain_when_idle(streams.clone(), watch.early(), H2_IDLE));
         let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(watch.run(std::future::pending::<()>(), |_| {
-            let _ = tx.send(Instant::now());
-        }));
-        (drain, tokio::spawn(async move { rx.await.unwrap() }))
+        let ended = tokio::spawn(async move {
+            let out = watch
+                .run(std::future::pending::<()>(), |_| {
+                    let _ = tx.send(Instant::now());
+                })
+                .await;
+            (out, Instant::now())
+        });
+        (drain, tokio::spawn(async move { rx.await.unwrap() }), ended)
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_with_no_stream_is_drained_after_the_idle_time() {
         let streams = Arc::new(Streams::default());
         let start = Instant::now();
-        let (_drain, drained) = watched(&streams);
+        let (_drain, drained, _ended) = watched(&streams);
         assert_eq!(drained.await.unwrap() - start, H2_IDLE);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_connection_still_open_with_no_stream_after_its_drain_is_closed_outright() {
+    async fn a_connection_still_open_with_no_stream_after_its_drain_is_dropped() {
         let streams = Arc::new(Streams::default());
         let start = Instant::now();
-        let (_drain, drained) = watched(&streams);
+        let (_drain, drained, ended) = watched(&streams);
         drained.await.unwrap();
-        assert!(!streams.closed());
-        // A stream that began before the GOAWAY holds the close off.
+        assert!(!ended.is_finished());
+        // A stream that began before the GOAWAY holds the drop off.
         let open = streams.open();
         tokio::time::sleep(H2_IDLE * 2).await;
-        assert!(!streams.closed());
+        assert!(!ended.is_finished());
         drop(open);
-        tokio::time::sleep(H2_IDLE).await;
-        for _ in 0..100 {
-            if streams.closed() {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-        assert!(streams.closed());
-        assert_eq!(Instant::now() - start, H2_IDLE * 4);
+        let (out, at) = ended.await.unwrap();
+        assert_eq!(out, None);
+        assert_eq!(at - start, H2_IDLE * 4);
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_idle_time_counts_from_the_last_stream_to_close() {
         let streams = Arc::new(Streams::default());
         let start = Instant::now();
-        let (_drain, drained) = watched(&streams);
+        let (_drain, drained, _ended) = watched(&streams);
         let open = streams.open();
         // Open far longer than the idle time: no drain meanwhile.
         tokio::time::sleep(H2_IDLE * 3).await;
@@ -225,7 +229,7 @@ mod tests {
     async fn the_watch_ends_with_its_connection_without_draining_it() {
         let streams = Arc::new(Streams::default());
         let start = Instant::now();
-        let (_drain, drained) = watched(&streams);
+        let (_drain, drained, _ended) = watched(&streams);
         tokio::task::yield_now().await;
         streams.end();
         // The watch has let go of its handle on the streams, and nothing was drained.
