@@ -157,8 +157,8 @@ struct Scanner {
     heads: u64,
     /// The connection began with the h2 preface.
     h2: bool,
-    /// An empty line came before a request line.
-    blank: bool,
+    /// A line has been read: the preface can only be the first.
+    begun: bool,
 }
 
 #[derive(Debug, Default)]
@@ -178,7 +178,7 @@ impl Default for Scanner {
             head: Head::default(),
             heads: 0,
             h2: false,
-            blank: false,
+            begun: false,
         }
     }
 }
@@ -273,15 +273,15 @@ impl Scanner {
 
     fn head_line(&mut self, line: &[u8]) -> bool {
         if !self.head.started {
+            let first = !std::mem::replace(&mut self.begun, true);
             // Empty lines before a request line are allowed (RFC 9112 §2.2).
             if line.is_empty() {
-                self.blank = true;
                 return false;
             }
             if line.starts_with(b"PRI * HTTP/2.0") {
                 self.state = State::Off;
                 // Only as the connection's very first bytes is it the preface hyper takes.
-                self.h2 = self.heads == 0 && !self.blank;
+                self.h2 = first;
                 return false;
             }
             self.head.started = true;
