@@ -163,6 +163,9 @@ impl Wake for Mark {
 mod tests {
     use std::sync::atomic::AtomicUsize;
 
+    use tokio::sync::mpsc;
+    use tokio::task::JoinHandle;
+
     use super::*;
 
     /// A connection that ends only after being told to drain, counting its polls.
@@ -184,15 +187,48 @@ mod tests {
         }
     }
 
+    impl Conn {
+        /// Pending until drained; each poll sends its waker to `wakers`.
+        fn new(wakers: mpsc::UnboundedSender<Waker>) -> Conn {
+            Conn {
+                draining: false,
+                polls: Arc::default(),
+                wakers,
+            }
+        }
+    }
+
+    /// A connection's run in its task, and what drains or drops it early.
+    type Running = (JoinHandle<Option<&'static str>>, Early);
+
+    /// Two connections under `drain`, `on_drain` their drain, each polled once; and the
+    /// wakers of their later polls.
+    async fn two_running(
+        drain: &Drain,
+        on_drain: fn(Pin<&mut Conn>),
+    ) -> ([Running; 2], mpsc::UnboundedReceiver<Waker>) {
+        let (tx, mut wakers) = mpsc::unbounded_channel();
+        let running = [(); 2].map(|()| {
+            let watch = drain.watch();
+            let early = watch.early();
+            (
+                tokio::spawn(watch.run(Conn::new(tx.clone()), on_drain)),
+                early,
+            )
+        });
+        wakers.recv().await.unwrap();
+        wakers.recv().await.unwrap();
+        (running, wakers)
+    }
+
     #[tokio::test]
     async fn a_connection_drains_when_told_and_the_drain_waits_for_it() {
         let drain = Drain::new();
         let polls = Arc::new(AtomicUsize::new(0));
-        let (tx, mut wakers) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, mut wakers) = mpsc::unbounded_channel();
         let conn = Conn {
-            draining: false,
             polls: polls.clone(),
-            wakers: tx,
+            ..Conn::new(tx)
         };
         let task = tokio::spawn(drain.watch().run(conn, |mut c| c.draining = true));
         // Woken by the connection's own I/O, many times: the signal is not ready, nothing drains.
@@ -209,19 +245,8 @@ mod tests {
     #[tokio::test]
     async fn an_early_drain_drains_one_connection_and_not_the_others() {
         let drain = Drain::new();
-        let (tx, mut wakers) = tokio::sync::mpsc::unbounded_channel();
-        let conn = |tx| Conn {
-            draining: false,
-            polls: Arc::default(),
-            wakers: tx,
-        };
-        let (one, other) = (drain.watch(), drain.watch());
-        let early = one.early();
-        let one = tokio::spawn(one.run(conn(tx.clone()), |mut c| c.draining = true));
-        let other = tokio::spawn(other.run(conn(tx), |mut c| c.draining = true));
-        // Both have been polled once.
-        wakers.recv().await.unwrap();
-        wakers.recv().await.unwrap();
+        let ([(one, early), (other, _)], _wakers) =
+            two_running(&drain, |mut c| c.draining = true).await;
         early.drain();
         assert_eq!(one.await.unwrap(), Some("drained"));
         assert_eq!(drain.count(), 1);
@@ -233,19 +258,9 @@ mod tests {
     #[tokio::test]
     async fn an_abort_drops_one_connection_at_once_drained_or_not() {
         let drain = Drain::new();
-        let (tx, mut wakers) = tokio::sync::mpsc::unbounded_channel();
-        // Never ends, even when drained: as an h2 connection whose client ignores the GOAWAY.
-        let stubborn = |tx| Conn {
-            draining: false,
-            polls: Arc::default(),
-            wakers: tx,
-        };
-        let (one, other) = (drain.watch(), drain.watch());
-        let (early_one, early_other) = (one.early(), other.early());
-        let one = tokio::spawn(one.run(stubborn(tx.clone()), |_| {}));
-        let other = tokio::spawn(other.run(stubborn(tx), |_| {}));
-        wakers.recv().await.unwrap();
-        wakers.recv().await.unwrap();
+        // Never end, even when drained: as h2 connections whose clients ignore the GOAWAY.
+        let ([(one, early_one), (other, early_other)], mut wakers) =
+            two_running(&drain, |_| {}).await;
         early_one.abort();
         assert_eq!(one.await.unwrap(), None);
         early_other.drain();
