@@ -10,7 +10,7 @@ use jwtgate::config::Config;
 use jwtgate::echo::EchoServer;
 
 use crate::child::Child;
-use crate::support::{client, config_text, send};
+use crate::support::{client, config_text, h2_over, send};
 
 fn jwtgate(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_jwtgate"))
@@ -400,13 +400,7 @@ async fn no_token_text_reaches_the_logs_even_at_trace_level() {
     }
     // The same over h2 (prior knowledge), whose frame logs are the likeliest leak.
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut h2, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let (mut h2, _conn) = h2_over(tcp).await;
     let r = h2
         .send_request(
             Request::get(format!("http://{addr}/api/orders"))

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use http::Request;
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use jwtgate::body::{self, Body};
 use jwtgate::config::Config;
 use jwtgate::echo::EchoServer;
@@ -26,7 +25,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::support::each_connection;
+use crate::support::{each_connection, h2_over};
 use crate::tls::{connect_over, tls_gateway_to};
 use crate::upstream_conns::read_head;
 
@@ -84,21 +83,6 @@ async fn connect(gateway: &Gateway) -> TcpStream {
 /// An h2 client (hyper's, which answers PINGs) and the task that drives its connection.
 async fn h2_client(gateway: &Gateway) -> (SendRequest<Body>, JoinHandle<()>) {
     h2_over(connect(gateway).await).await
-}
-
-/// The same over `io`.
-async fn h2_over<IO>(io: IO) -> (SendRequest<Body>, JoinHandle<()>)
-where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
-            .await
-            .unwrap();
-    let conn = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    (send, conn)
 }
 
 /// The status of `GET path` on `send`, with its body read; `None` if it could not be sent.

@@ -7,9 +7,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
+use hyper::client::conn::http2::SendRequest;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use jwtgate::body::{self, Body};
 use jwtgate::config::Config;
 use jwtgate::echo::EchoServer;
@@ -17,6 +18,7 @@ use jwtgate::issuer::{Client as OAuthClient, Issuer, IssuerConfig, User};
 use jwtgate::server::Gateway;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 
 /// Routes used by most tests; `{echo}` is the echo upstream's name.
 pub(crate) const ROUTES: &str = r#"
@@ -332,6 +334,22 @@ where
         }
     });
     addr
+}
+
+/// An h2 client over `io` (hyper's, which answers PINGs) and the task that drives its
+/// connection.
+pub(crate) async fn h2_over<IO>(io: IO) -> (SendRequest<Body>, JoinHandle<()>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (send, conn)
 }
 
 /// An address where nothing listens (connections are refused).

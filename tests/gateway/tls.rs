@@ -1,13 +1,13 @@
 //! TLS termination with a certificate generated in the test: HTTP/1.1 and h2 over TLS, ALPN,
-//! h2 cancellation, and clear errors for unusable certificate files; TLS towards upstreams: an untrusted
-//! certificate refused (a silent handshake: forward.rs).
+//! h2 cancellation, and clear errors for unusable certificate files; TLS towards upstreams: an
+//! untrusted certificate refused (a silent handshake: forward.rs).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use http::Request;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use jwtgate::body;
 use jwtgate::config::Config;
 use jwtgate::echo::EchoServer;
@@ -16,7 +16,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::support::{Harness, public_upstream, silent_upstream, within};
+use crate::support::{Harness, h2_over, public_upstream, silent_upstream, within};
 use crate::upstream_conns::holds_each_request;
 
 pub(crate) struct Pem {
@@ -182,11 +182,7 @@ async fn h2_is_negotiated_by_alpn_and_forwarded_as_http_1_1() {
 
     let tls = connect(&gateway, &pem.der, b"h2").await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let (mut send, _conn) = h2_over(tls).await;
     let response = send
         .send_request(
             Request::post("https://localhost/h2/path?x=1")
@@ -220,11 +216,7 @@ async fn an_h2_request_to_a_silent_upstream_is_a_504_after_its_timeout() {
     let (gateway, pem) = tls_gateway_to(dir.path(), "slow", silent, "300ms").await;
 
     let tls = connect(&gateway, &pem.der, b"h2").await;
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let (mut send, _conn) = h2_over(tls).await;
     let response = within(
         send.send_request(
             Request::get("https://localhost/slow")
@@ -257,11 +249,7 @@ async fn an_h2_stream_reset_mid_request_closes_its_upstream_connection() {
         .unwrap();
     let cut = tcp.try_clone().unwrap();
     let tls = connect_over(TcpStream::from_std(tcp).unwrap(), &pem.der, b"h2").await;
-    let (send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let (send, _conn) = h2_over(tls).await;
     let request = |mut send: hyper::client::conn::http2::SendRequest<_>| {
         tokio::spawn(async move {
             send.send_request(

@@ -460,24 +460,21 @@ pub(crate) async fn holds_each_request() -> (
     mpsc::UnboundedReceiver<()>,
     mpsc::UnboundedReceiver<()>,
 ) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let (got_tx, got_rx) = mpsc::unbounded_channel();
     let (closed_tx, closed_rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let (got_tx, closed_tx) = (got_tx.clone(), closed_tx.clone());
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                if take_head(&mut s, &mut buf).await.is_none() {
-                    return;
-                }
-                let _ = got_tx.send(());
-                while read_more(&mut s, &mut buf).await.is_some() {}
-                let _ = closed_tx.send(());
-            });
+    let addr = each_connection(move |mut s| {
+        let (got_tx, closed_tx) = (got_tx.clone(), closed_tx.clone());
+        async move {
+            let mut buf = Vec::new();
+            if take_head(&mut s, &mut buf).await.is_none() {
+                return;
+            }
+            let _ = got_tx.send(());
+            while read_more(&mut s, &mut buf).await.is_some() {}
+            let _ = closed_tx.send(());
         }
-    });
+    })
+    .await;
     (addr, got_rx, closed_rx)
 }
 
