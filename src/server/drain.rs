@@ -198,6 +198,15 @@ mod tests {
         }
     }
 
+    /// `f`'s output, or a failure if it never comes: the tests run on the paused clock, where
+    /// the bound is due as soon as every task waits, so a connection that never ends fails its
+    /// test at once rather than hangs it.
+    async fn bounded<F: Future>(f: F) -> F::Output {
+        tokio::time::timeout(std::time::Duration::from_secs(1), f)
+            .await
+            .expect("still pending with every task waiting")
+    }
+
     /// A connection's run in its task, and what drains or drops it early.
     type Running = (JoinHandle<Option<&'static str>>, Early);
 
@@ -221,7 +230,7 @@ mod tests {
         (running, wakers)
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_connection_drains_when_told_and_the_drain_waits_for_it() {
         let drain = Drain::new();
         let polls = Arc::new(AtomicUsize::new(0));
@@ -238,45 +247,45 @@ mod tests {
         wakers.recv().await.unwrap();
         assert_eq!(polls.load(Ordering::Relaxed), 6);
         assert_eq!(drain.count(), 1);
-        drain.shutdown().await;
-        assert_eq!(task.await.unwrap(), Some("drained"));
+        bounded(drain.shutdown()).await;
+        assert_eq!(bounded(task).await.unwrap(), Some("drained"));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_early_drain_drains_one_connection_and_not_the_others() {
         let drain = Drain::new();
         let ([(one, early), (other, _)], _wakers) =
             two_running(&drain, |mut c| c.draining = true).await;
         early.drain();
-        assert_eq!(one.await.unwrap(), Some("drained"));
+        assert_eq!(bounded(one).await.unwrap(), Some("drained"));
         assert_eq!(drain.count(), 1);
         assert!(!other.is_finished());
-        drain.shutdown().await;
-        assert_eq!(other.await.unwrap(), Some("drained"));
+        bounded(drain.shutdown()).await;
+        assert_eq!(bounded(other).await.unwrap(), Some("drained"));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_abort_drops_one_connection_at_once_drained_or_not() {
         let drain = Drain::new();
         // Never end, even when drained: as h2 connections whose clients ignore the GOAWAY.
         let ([(one, early_one), (other, early_other)], mut wakers) =
             two_running(&drain, |_| {}).await;
         early_one.abort();
-        assert_eq!(one.await.unwrap(), None);
+        assert_eq!(bounded(one).await.unwrap(), None);
         early_other.drain();
         wakers.recv().await.unwrap();
         assert!(!other.is_finished());
         early_other.abort();
-        assert_eq!(other.await.unwrap(), None);
+        assert_eq!(bounded(other).await.unwrap(), None);
         assert_eq!(drain.count(), 0);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_drain_with_no_connections_ends_at_once() {
-        Drain::new().shutdown().await;
+        bounded(Drain::new().shutdown()).await;
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_connection_that_ends_on_its_own_leaves_the_count() {
         let drain = Drain::new();
         let out = drain
