@@ -199,8 +199,9 @@ mod tests {
     }
 
     /// `f`'s output, or a failure if it never comes: the tests run on the paused clock, where
-    /// the bound is due as soon as every task waits, so a connection that never ends fails its
-    /// test at once rather than hangs it.
+    /// the bound is due as soon as every task waits, so a connection that never ends, or one
+    /// never polled again, fails its test at once rather than hangs it. Every await on a
+    /// task, the shutdown or the wakers' channel goes through it.
     async fn bounded<F: Future>(f: F) -> F::Output {
         tokio::time::timeout(std::time::Duration::from_secs(1), f)
             .await
@@ -225,8 +226,8 @@ mod tests {
                 early,
             )
         });
-        wakers.recv().await.unwrap();
-        wakers.recv().await.unwrap();
+        bounded(wakers.recv()).await.unwrap();
+        bounded(wakers.recv()).await.unwrap();
         (running, wakers)
     }
 
@@ -242,9 +243,9 @@ mod tests {
         let task = tokio::spawn(drain.watch().run(conn, |mut c| c.draining = true));
         // Woken by the connection's own I/O, many times: the signal is not ready, nothing drains.
         for _ in 0..5 {
-            wakers.recv().await.unwrap().wake();
+            bounded(wakers.recv()).await.unwrap().wake();
         }
-        wakers.recv().await.unwrap();
+        bounded(wakers.recv()).await.unwrap();
         assert_eq!(polls.load(Ordering::Relaxed), 6);
         assert_eq!(drain.count(), 1);
         bounded(drain.shutdown()).await;
@@ -273,7 +274,7 @@ mod tests {
         early_one.abort();
         assert_eq!(bounded(one).await.unwrap(), None);
         early_other.drain();
-        wakers.recv().await.unwrap();
+        bounded(wakers.recv()).await.unwrap();
         assert!(!other.is_finished());
         early_other.abort();
         assert_eq!(bounded(other).await.unwrap(), None);
@@ -288,10 +289,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_connection_that_ends_on_its_own_leaves_the_count() {
         let drain = Drain::new();
-        let out = drain
-            .watch()
-            .run(std::future::ready(7), |_| unreachable!("never drained"))
-            .await;
+        let out = bounded(
+            drain
+                .watch()
+                .run(std::future::ready(7), |_| unreachable!("never drained")),
+        )
+        .await;
         assert_eq!(out, Some(7));
         assert_eq!(drain.count(), 0);
     }
