@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use http::Request;
+use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::TokioIo;
 use jwtgate::body;
 use jwtgate::config::Config;
@@ -250,7 +251,7 @@ async fn an_h2_stream_reset_mid_request_closes_its_upstream_connection() {
     let cut = tcp.try_clone().unwrap();
     let tls = connect_over(TcpStream::from_std(tcp).unwrap(), &pem.der, b"h2").await;
     let (send, _conn) = h2_over(tls).await;
-    let request = |mut send: hyper::client::conn::http2::SendRequest<_>| {
+    let request = |mut send: SendRequest<_>| {
         tokio::spawn(async move {
             send.send_request(
                 Request::get("https://localhost/hold")
