@@ -473,11 +473,36 @@ impl Decision {
 
     fn headers(&self) -> [(HeaderName, HeaderValue); 3] {
         [
-            (RATELIMIT_LIMIT, number(self.limit.into())),
-            (RATELIMIT_REMAINING, number(self.remaining.into())),
-            (RATELIMIT_RESET, number(self.reset_secs)),
+            (RATELIMIT_LIMIT, number(Slot::Limit, self.limit.into())),
+            (
+                RATELIMIT_REMAINING,
+                number(Slot::Remaining, self.remaining.into()),
+            ),
+            (RATELIMIT_RESET, number(Slot::Reset, self.reset_secs)),
         ]
     }
+}
+
+/// Which `RateLimit-*` header a number is for: each keeps its own last rendering.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Limit,
+    Remaining,
+    Reset,
+}
+
+thread_local! {
+    /// The last number of 1,000 or more each header was given on this thread, rendered. A
+    /// limit's burst repeats on every request, and so does what remains of a bucket that was
+    /// full (`burst - 1`); per thread, so the shared count of a cached value is only touched by
+    /// the thread serving the request.
+    static RENDERED: std::cell::RefCell<[(u64, HeaderValue); 3]> = const {
+        std::cell::RefCell::new([
+            (0, HeaderValue::from_static("0")),
+            (0, HeaderValue::from_static("0")),
+            (0, HeaderValue::from_static("0")),
+        ])
+    };
 }
 
 /// `000` to `999`, three digits each.
@@ -493,15 +518,25 @@ static THREE_DIGITS: [u8; 3000] = {
     digits
 };
 
-/// `n` as a header value. Below 1,000 (most limits, what remains of them, and reset times)
-/// it points into a static table; `HeaderValue::from` allocates a buffer for every number,
-/// three per limited response.
-fn number(n: u64) -> HeaderValue {
+/// `n` as the value of `slot`'s header. Below 1,000 (most limits, what remains of them, and
+/// reset times) it points into a static table. `HeaderValue::from` allocates a buffer for
+/// every number, so a larger one is rendered only when it differs from the last one this
+/// thread gave the same header.
+fn number(slot: Slot, n: u64) -> HeaderValue {
     let small = usize::try_from(n).ok().filter(|&n| n < 1000).and_then(|n| {
         let skip = usize::from(n < 100) + usize::from(n < 10);
         std::str::from_utf8(&THREE_DIGITS[n * 3 + skip..n * 3 + 3]).ok()
     });
-    small.map_or_else(|| HeaderValue::from(n), HeaderValue::from_static)
+    if let Some(digits) = small {
+        return HeaderValue::from_static(digits);
+    }
+    RENDERED.with_borrow_mut(|rendered| {
+        let (last, value) = &mut rendered[slot as usize];
+        if *last != n {
+            (*last, *value) = (n, HeaderValue::from(n));
+        }
+        value.clone()
+    })
 }
 
 /// The layer: 429 when the caller's bucket is empty; `RateLimit-*` on every limited response.
@@ -676,8 +711,30 @@ mod tests {
 
     #[test]
     fn numbers_are_written_as_decimal_header_values() {
-        for n in (0..=1500).chain([9_999, 1_000_000_000, u64::from(u32::MAX), u64::MAX]) {
-            assert_eq!(number(n), n.to_string().as_str(), "{n}");
+        let large = [9_999, 1_000_000_000, u64::from(u32::MAX), u64::MAX];
+        for n in (0..=1500).chain(large) {
+            for slot in [Slot::Limit, Slot::Remaining, Slot::Reset] {
+                assert_eq!(number(slot, n), n.to_string().as_str(), "{n} {slot:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn each_header_keeps_its_own_last_large_number() {
+        // Interleaved as for a limit of 10,000 and a bucket that drains and refills: the
+        // limit's rendering is reused (the same bytes), and the other headers' numbers are
+        // rendered anew whenever they change, also back and forth.
+        let limit = number(Slot::Limit, 10_000);
+        for remaining in [9_999, 9_998, 9_998, 1_000, 999, 5_000, 9_999] {
+            let again = number(Slot::Limit, 10_000);
+            assert_eq!(again, "10000");
+            assert_eq!(again.as_bytes().as_ptr(), limit.as_bytes().as_ptr());
+            let reset = 10_000 - remaining;
+            assert_eq!(
+                number(Slot::Remaining, remaining),
+                remaining.to_string().as_str()
+            );
+            assert_eq!(number(Slot::Reset, reset), reset.to_string().as_str());
         }
     }
 
