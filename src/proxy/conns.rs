@@ -629,6 +629,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn waiting_for_a_busy_connection_ends_at_the_deadline() {
+        // An upstream that takes the connection and never answers.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let held = tokio::spawn(async move { silent.accept().await.map(|(stream, _)| stream) });
+        let conns = Connections::new(crate::proxy::connector(ConnectTimeouts::default()).unwrap());
+        let target = Target {
+            scheme: http::uri::Scheme::HTTP,
+            authority: addr.to_string().parse().unwrap(),
+        };
+        let mut parked = conns.open(&target).await.unwrap();
+        // One request under way: the connection cannot take another until it is answered.
+        let unanswered = parked.sender.try_send_request(get(&target));
+        parked.timer.aim(TokioInstant::now());
+        let waited = tokio::time::timeout(T, parked.ready()).await;
+        assert!(
+            matches!(waited, Ok(Err(SendError::Timeout))),
+            "the wait ended with {:?}",
+            waited.map(|r| r.map_err(|e| e.chain()))
+        );
+        drop(unanswered);
+        let _stream = held.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
     async fn a_response_not_read_to_the_end_closes_its_connection() {
         let (echo, conns, target) = setup().await;
         let affinity = Arc::new(Affinity::default());
