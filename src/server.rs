@@ -361,7 +361,12 @@ async fn serve_proxy(
         .header_read_timeout(HEADER_READ_TIMEOUT)
         // Heads over 64 KiB are refused (431) rather than followed by the framing watcher.
         .max_buf_size(framing::MAX_HEAD);
-    builder.http2().timer(TokioTimer::new());
+    // An h2 header list gets the same 64 KiB as an HTTP/1 head (hyper's default is 16 KiB), so
+    // a request, its token included, is refused or served alike whichever protocol it uses.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(framing::MAX_HEAD as u32);
     let builder = Arc::new(builder);
     loop {
         tokio::select! {
