@@ -494,8 +494,8 @@ enum Slot {
 thread_local! {
     /// The last number of 1,000 or more each header was given on this thread, rendered. A
     /// limit's burst repeats on every request, and so does what remains of a bucket that was
-    /// full (`burst - 1`); per thread, so the shared count of a cached value is only touched by
-    /// the thread serving the request.
+    /// full (`burst - 1`). Per thread, so that the workers do not all update one value's
+    /// shared count.
     static RENDERED: std::cell::RefCell<[(u64, HeaderValue); 3]> = const {
         std::cell::RefCell::new([
             (0, HeaderValue::from_static("0")),
@@ -530,13 +530,16 @@ fn number(slot: Slot, n: u64) -> HeaderValue {
     if let Some(digits) = small {
         return HeaderValue::from_static(digits);
     }
-    RENDERED.with_borrow_mut(|rendered| {
-        let (last, value) = &mut rendered[slot as usize];
-        if *last != n {
-            (*last, *value) = (n, HeaderValue::from(n));
-        }
-        value.clone()
-    })
+    // `try_with`: a thread being torn down has no cache left, and renders every number.
+    RENDERED
+        .try_with(|rendered| {
+            let (last, value) = &mut rendered.borrow_mut()[slot as usize];
+            if *last != n {
+                (*last, *value) = (n, HeaderValue::from(n));
+            }
+            value.clone()
+        })
+        .unwrap_or_else(|_| HeaderValue::from(n))
 }
 
 /// The layer: 429 when the caller's bucket is empty; `RateLimit-*` on every limited response.

@@ -131,3 +131,26 @@ async fn public_routes_and_unlimited_callers_carry_no_ratelimit_headers() {
         assert!(!r.headers.contains_key("ratelimit-limit"));
     }
 }
+
+#[tokio::test]
+async fn limits_of_a_thousand_and_more_are_written_exactly() {
+    // Values of 1,000 and more are rendered, not taken from the static table; each header
+    // keeps its last one per thread. Two callers with different large limits (bob is in both
+    // groups, and admins is the more generous), interleaved, make every header change value
+    // from one response to the next.
+    let h = Harness::with(&format!(
+        "{ROUTES}[rate_limits.groups]\norders-readers = {{ requests = 5000, per = \"1h\" }}\n\
+         admins = {{ requests = 6000, per = \"1h\", by = \"group\" }}\n"
+    ))
+    .await;
+    let (alice, bob) = (h.token("alice"), h.token("bob"));
+    for n in 1..=3 {
+        for (token, limit) in [(&alice, 5000), (&bob, 6000)] {
+            let r = h.get_with("/api/orders", token).await;
+            assert_eq!(r.status, 200);
+            assert_eq!(r.headers["ratelimit-limit"], limit.to_string().as_str());
+            let remaining = (limit - n).to_string();
+            assert_eq!(r.headers["ratelimit-remaining"], remaining.as_str());
+        }
+    }
+}
