@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::support::{Harness, start_issuer};
+use crate::support::{Harness, h2_over, start_issuer};
 
 /// A server that only counts the connections it receives.
 async fn attacker_server() -> (String, Arc<AtomicU64>) {
@@ -162,4 +162,42 @@ async fn an_oversized_token_is_refused_before_any_parsing() {
     let r = h.get_with("/api/orders", &big).await;
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["error_description"], "token too large");
+}
+
+/// Over h2 too, where a header list may be as large as an HTTP/1 head (64 KiB): a 20 KiB token
+/// reaches the token check and is refused there as too large, not served.
+#[tokio::test]
+async fn an_oversized_token_over_h2_is_refused_before_any_parsing() {
+    let h = Harness::start().await;
+    let tcp = tokio::net::TcpStream::connect(h.gateway.listen_addr())
+        .await
+        .unwrap();
+    let (mut send, _conn) = h2_over(tcp).await;
+    let big = format!(
+        "{}.{}.{}",
+        "a".repeat(14000),
+        "b".repeat(6000),
+        "c".repeat(100)
+    );
+    for (token, status) in [(h.token("alice"), 200), (big, 401)] {
+        let request = http::Request::get("http://gw/api/orders")
+            .header("authorization", format!("Bearer {token}"))
+            .body(jwtgate::body::empty())
+            .unwrap();
+        let response = send.send_request(request).await.unwrap();
+        assert_eq!(response.status(), status);
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        if status == 401 {
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(json["error_description"], "token too large");
+        }
+    }
+    assert_eq!(
+        h.echo.requests(),
+        1,
+        "only the valid token's request is forwarded"
+    );
 }
