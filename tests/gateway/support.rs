@@ -278,7 +278,15 @@ pub(crate) async fn within<F: std::future::Future>(f: F) -> F::Output {
 
 /// Sends `req` and reads the whole response.
 pub(crate) async fn send(client: &Client<HttpConnector, Body>, req: Request<Body>) -> Reply {
-    let response: Response<_> = within(client.request(req)).await.expect("request failed");
+    reply(within(client.request(req)).await.expect("request failed")).await
+}
+
+/// `response` with its body read whole (from any client: HTTP/1's or h2's).
+pub(crate) async fn reply<B>(response: Response<B>) -> Reply
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
     let (parts, b) = response.into_parts();
     let body = b.collect().await.expect("response body").to_bytes();
     Reply {
