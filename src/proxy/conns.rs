@@ -541,14 +541,20 @@ mod tests {
 
     async fn setup() -> (EchoServer, Arc<Connections>, Target) {
         let echo = EchoServer::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+        let (conns, target) = connections_to(echo.addr());
+        (echo, conns, target)
+    }
+
+    /// Connections with the default connector, and `addr` as a plain-HTTP target.
+    fn connections_to(addr: std::net::SocketAddr) -> (Arc<Connections>, Target) {
         let conns = Arc::new(Connections::new(
             crate::proxy::connector(ConnectTimeouts::default()).unwrap(),
         ));
         let target = Target {
             scheme: http::uri::Scheme::HTTP,
-            authority: echo.addr().to_string().parse().unwrap(),
+            authority: addr.to_string().parse().unwrap(),
         };
-        (echo, conns, target)
+        (conns, target)
     }
 
     const T: Duration = Duration::from_secs(30);
@@ -632,13 +638,8 @@ mod tests {
     async fn waiting_for_a_busy_connection_ends_at_the_deadline() {
         // An upstream that takes the connection and never answers.
         let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = silent.local_addr().unwrap();
+        let (conns, target) = connections_to(silent.local_addr().unwrap());
         let held = tokio::spawn(async move { silent.accept().await.map(|(stream, _)| stream) });
-        let conns = Connections::new(crate::proxy::connector(ConnectTimeouts::default()).unwrap());
-        let target = Target {
-            scheme: http::uri::Scheme::HTTP,
-            authority: addr.to_string().parse().unwrap(),
-        };
         let mut parked = conns.open(&target).await.unwrap();
         // One request under way: the connection cannot take another until it is answered.
         let unanswered = parked.sender.try_send_request(get(&target));
