@@ -3,8 +3,9 @@
 # (unlike req/s on a shared machine), so small hot-path changes can be measured.
 #
 #   scripts/bench/instructions.sh                 # jwtgate protected and public routes; nginx as
-#                                                 # a plain proxy and the bare hyper proxy
-#                                                 # (pooled, carried) for comparison
+#                                                 # a plain proxy, the bare hyper proxy (pooled,
+#                                                 # carried) and raw_proxy (no hyper) for
+#                                                 # comparison
 #   BINS="old/jwtgate target/release/jwtgate" scripts/bench/instructions.sh   # compare builds
 #   BODY_BYTES=16384 scripts/bench/instructions.sh   # upstream answers with a body of that size
 #   CACHE_SIM=1 scripts/bench/instructions.sh     # also simulated cache misses per request
@@ -28,7 +29,8 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-$(mktemp -d /tmp/jwtgate-instructions.XXXXXX)}
 mkdir -p "$OUT"
 install_missing wrk nginx valgrind
-cargo build --release --locked --bin jwtgate --example bench_issuer --example bare_proxy
+cargo build --release --locked --bin jwtgate --example bench_issuer --example bare_proxy \
+  --example raw_proxy
 BINS=${BINS:-target/release/jwtgate}
 CONNS=${CONNS:-8}
 DURATION=${DURATION:-8}
@@ -89,3 +91,5 @@ for mode in pooled carried; do
     "127.0.0.1:$port" 127.0.0.1:18381 "$mode"
   port=$((port + 1))
 done
+# tokio and httparse with no hyper (examples/raw_proxy.rs): the ceiling of scripts/bench/ceiling.sh.
+count "raw_proxy" "$port" /x target/release/examples/raw_proxy "127.0.0.1:$port" 127.0.0.1:18381
