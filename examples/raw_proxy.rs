@@ -60,10 +60,15 @@ enum Side {
     Response,
 }
 
-/// Reads from `stream` into `buf` until it holds one whole message; returns its length.
+/// Reads from `stream` into `buf` until it holds one whole message; returns its length. The
+/// head is parsed until it is complete, not again while the body arrives.
 async fn read_message(stream: &mut TcpStream, buf: &mut BytesMut, side: Side) -> io::Result<usize> {
+    let mut len = None;
     loop {
-        if let Some(len) = message_len(buf, side)?
+        if len.is_none() {
+            len = message_len(buf, side)?;
+        }
+        if let Some(len) = len
             && buf.len() >= len
         {
             return Ok(len);

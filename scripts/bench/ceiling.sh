@@ -26,16 +26,20 @@ kill_on_exit
 
 start_cpu0_targets 18580
 taskset -c 0 target/release/examples/raw_proxy 127.0.0.1:18586 127.0.0.1:18581 & PIDS+=($!)
+more=(http://127.0.0.1:18586/x http://127.0.0.1:18582/public/x)
 names+=(raw-proxy jwtgate-public)
-urls+=(http://127.0.0.1:18586/x http://127.0.0.1:18582/public/x)
-for url in "${urls[@]:3}"; do
-  until_answers "$url"
-  load "$url" 2 > /dev/null
-done
+urls+=("${more[@]}")
+warm_up "${more[@]}"
 
 # cpu_times: "busy idle steal" jiffies of CPU 0, then of CPU 1, from /proc/stat.
 cpu_times() {
   awk '/^cpu[01] / { printf "%d %d %d ", $2 + $3 + $4 + $7 + $8, $5 + $6, $9 }' /proc/stat; echo
+}
+# busy FIRST: CPU 0's (FIRST 0) or CPU 1's (FIRST 3) busy and stolen shares between the
+# readings t0 and t1.
+busy() {
+  local b=$((t1[$1] - t0[$1])) i=$((t1[$1 + 1] - t0[$1 + 1])) s=$((t1[$1 + 2] - t0[$1 + 2]))
+  echo "$((100 * b / (b + i + s + 1)))% busy, $((100 * s / (b + i + s + 1)))% stolen"
 }
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 : > "$OUT/rounds.txt"
@@ -45,12 +49,8 @@ for CONNS in $CONNS_LIST; do
       read -r -a t0 < <(cpu_times)
       n=$(load "${urls[$i]}" "$DURATION")
       read -r -a t1 < <(cpu_times)
-      # Busy share of each core over the round: with CPU 1 (wrk, upstream) near 100 % and
-      # CPU 0 (the proxy) not, the load generator was the limit, not the proxy.
-      busy() {
-        local b=$((t1[$1] - t0[$1])) i=$((t1[$1 + 1] - t0[$1 + 1])) s=$((t1[$1 + 2] - t0[$1 + 2]))
-        echo "$((100 * b / (b + i + s + 1)))% busy, $((100 * s / (b + i + s + 1)))% stolen"
-      }
+      # With CPU 1 (wrk, upstream) near 100 % busy and CPU 0 (the proxy) not, the load
+      # generator was the round's limit, not the proxy.
       echo "-c$CONNS ${names[$i]} round $round: $((n / DURATION)) req/s;" \
         "CPU 0 $(busy 0), CPU 1 $(busy 3)" | tee -a "$OUT/rounds.txt"
     done

@@ -50,7 +50,13 @@ start_cpu0_targets() {
   taskset -c 0 target/release/examples/bare_proxy "127.0.0.1:$(($1 + 4))" "$up" carried &
   pids+=($!)
   PIDS+=("${pids[@]}")
-  for url in "${urls[@]}"; do
+  warm_up "${urls[@]}"
+}
+
+# warm_up URL...: waits until each URL answers (until_answers), then loads it for 2 s.
+warm_up() {
+  local url
+  for url in "$@"; do
     until_answers "$url"
     load "$url" 2 > /dev/null
   done
