@@ -42,6 +42,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let upstreams = Arc::new(Upstreams::new(ConnectTimeouts::default())?);
     let listener = TcpListener::bind(listen).await?;
+    // SIGTERM ends the process through `exit`, so that an instrumented build
+    // (scripts/pgo/bare.sh) writes its profile as it goes.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::spawn(async move {
+        term.recv().await;
+        std::process::exit(0);
+    });
     loop {
         let (stream, _) = listener.accept().await?;
         stream.set_nodelay(true)?;

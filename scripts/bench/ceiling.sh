@@ -7,6 +7,8 @@
 #   scripts/bench/ceiling.sh                      # 5 rounds of 8 s at -c64, then at -c256
 #   ROUNDS=3 DURATION=5 CONNS_LIST=64 scripts/bench/ceiling.sh
 #   JWTGATE=target/pgo/jwtgate scripts/bench/ceiling.sh   # another jwtgate binary
+#   JWTGATE=target/pgo/jwtgate BARE=target/pgo/bare_proxy scripts/bench/ceiling.sh
+#                                                 # both built with a profile (scripts/pgo/)
 #
 # It prints each target's median req/s and its ratio to nginx in the same run.
 set -euo pipefail

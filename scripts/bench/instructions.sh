@@ -7,6 +7,8 @@
 #                                                 # carried) and raw_proxy (no hyper) for
 #                                                 # comparison
 #   BINS="old/jwtgate target/release/jwtgate" scripts/bench/instructions.sh   # compare builds
+#   BARE_BINS="target/release/examples/bare_proxy other/bare_proxy" scripts/bench/instructions.sh
+#                                                 # more than one bare hyper proxy build
 #   BODY_BYTES=16384 scripts/bench/instructions.sh   # upstream answers with a body of that size
 #   CACHE_SIM=1 scripts/bench/instructions.sh     # also simulated cache misses per request
 #   CONNS=256 scripts/bench/instructions.sh       # wrk's connections (default 8)
@@ -32,6 +34,7 @@ install_missing wrk nginx valgrind
 cargo build --release --locked --bin jwtgate --example bench_issuer --example bare_proxy \
   --example raw_proxy
 BINS=${BINS:-target/release/jwtgate}
+BARE_BINS=${BARE_BINS:-target/release/examples/bare_proxy}
 CONNS=${CONNS:-8}
 DURATION=${DURATION:-8}
 export RUST_LOG=warn
@@ -86,10 +89,11 @@ done
 nginx_proxy_conf "$OUT" "127.0.0.1:$port" 127.0.0.1:18381 > "$OUT/proxy.conf"
 count "nginx plain proxy" "$port" /x nginx -c "$OUT/proxy.conf"
 port=$((port + 1))
-for mode in pooled carried; do
-  count "bare_proxy $mode" "$port" /x target/release/examples/bare_proxy \
-    "127.0.0.1:$port" 127.0.0.1:18381 "$mode"
-  port=$((port + 1))
+for bare in $BARE_BINS; do
+  for mode in pooled carried; do
+    count "$bare $mode" "$port" /x "$bare" "127.0.0.1:$port" 127.0.0.1:18381 "$mode"
+    port=$((port + 1))
+  done
 done
 # tokio and httparse with no hyper (examples/raw_proxy.rs): the ceiling of scripts/bench/ceiling.sh.
 count "raw_proxy" "$port" /x target/release/examples/raw_proxy "127.0.0.1:$port" 127.0.0.1:18381
