@@ -27,9 +27,9 @@ install_missing() {
 # start_cpu0_targets PORT: the bench issuer on PORT and the upstream on CPU 1 (PORT+1), then
 # each alone on CPU 0: jwtgate's protected route ($JWTGATE, PORT+2), nginx as a plain proxy
 # (PORT+3) and the bare hyper proxy with a carried connection (PORT+4; $BARE if set, such as
-# scripts/pgo/bare.sh's target/pgo/bare_proxy). Sets `names`, `urls`
-# and `pids` (one each per target), adds every process to PIDS, and returns once each target
-# answers 200 (jwtgate: once it holds the issuer's keys) and has had 2 s of load() to warm up.
+# scripts/pgo/bare.sh's target/pgo/bare_proxy). Sets `names`, `urls` and `pids` (one each per
+# target), adds every process to PIDS, and returns once each target answers 200 (jwtgate:
+# once it holds the issuer's keys) and has had 2 s of load() to warm up.
 # jwtgate's configuration sits in $OUT/conf, a folder of its own: jwtgate watches its file's
 # folder for reloads, and the measurements' writes into $OUT would wake its watcher thread.
 start_cpu0_targets() {

@@ -1,5 +1,6 @@
 # Sourced by scripts/pgo/build.sh and scripts/pgo/bare.sh, from the repository's root with
-# OUT set: finds llvm-profdata and sets $profdata.
+# OUT set: finds llvm-profdata and sets $profdata, and defines the steps both builds share
+# (instrumented_build, merge_profiles, profiled_build).
 #
 # llvm-profdata must be of the LLVM major version rustc is built on (`rustc -vV`). It is
 # $LLVM_PROFDATA if set, else rustup's llvm-tools component if installed
@@ -39,3 +40,38 @@ if [ "${found%%.*}" != "$major" ]; then
   exit 2
 fi
 echo "llvm-profdata: $profdata (LLVM $found)"
+
+# instrumented_build TARGET_DIR CARGO_ARGS...: a release build with instrumentation
+# (-Cprofile-generate) into TARGET_DIR. Build scripts and proc macros are instrumented too and
+# write their own profiles while building: into TARGET_DIR/build-raw, which is not used. Names
+# uncompressed: llvm-profdata builds without zlib (the wheel's) cannot read compressed ones,
+# and any llvm-profdata reads these.
+instrumented_build() {
+  local dir=$1; shift
+  rm -rf "$dir/build-raw"
+  CARGO_ENCODED_RUSTFLAGS="-Cprofile-generate=$PWD/$dir/build-raw"$'\x1f'"-Cllvm-args=-enable-name-compression=false" \
+    cargo build --release --locked --target-dir "$dir" "$@"
+}
+
+# merge_profiles RAW_DIR COUNT PROFDATA: merges the COUNT raw profiles a training run wrote
+# into RAW_DIR into PROFDATA; fails if there are not COUNT of them or the first is empty.
+merge_profiles() {
+  local profiles=("$1"/*.profraw)
+  if [ ${#profiles[@]} -ne "$2" ] || [ ! -s "${profiles[0]}" ]; then
+    echo "expected $2 training profiles in $1, found: ${profiles[*]}" >&2
+    exit 1
+  fi
+  "$profdata" merge -o "$3" "${profiles[@]}"
+}
+
+# profiled_build PROFDATA TARGET_DIR CARGO_ARGS...: a release build with the profile
+# (-Cprofile-use) into TARGET_DIR. Cargo does not look at the profile's content: a copy named
+# by its hash makes a new profile a new flag, so the build is redone whenever it changes.
+profiled_build() {
+  local profile=$1 dir=$2 sum; shift 2
+  sum=$(sha256sum "$profile" | cut -c1-16)
+  rm -f "${profile%.profdata}"-*.profdata
+  cp "$profile" "${profile%.profdata}-$sum.profdata"
+  CARGO_ENCODED_RUSTFLAGS="-Cprofile-use=$PWD/${profile%.profdata}-$sum.profdata" \
+    cargo build --release --locked --target-dir "$dir" "$@"
+}
