@@ -16,6 +16,11 @@
 #   DURATION=40 scripts/bench/instructions.sh     # seconds counted (default 8)
 #   VALGRIND_OPTS=--LL=2097152,16,64 CACHE_SIM=1 scripts/bench/instructions.sh
 #                                                 # simulate the 2 MiB L2 as the last level
+#   BLAME=1 BINS=target/pgo-lines/jwtgate ONLY=jwtgate scripts/bench/instructions.sh
+#                                                 # also which line of src/ each jwtgate
+#                                                 # instruction comes from (blame.py), in
+#                                                 # $OUT/blame.*.txt: needs a build with line
+#                                                 # tables (scripts/pgo/build.sh's header)
 #
 # Each gateway runs under callgrind with one worker; wrk warms it up for 2 s, the counters are
 # zeroed, wrk sends the one-token load for 8 s (-c8; or DURATION, CONNS), and the script prints
@@ -47,7 +52,8 @@ issuer_and_upstream target/release/examples 18380
 count() {
   local name=$1 port=$2 path=$3; shift 3
   local cg="$OUT/callgrind.$port${path//\//_}"
-  valgrind --tool=callgrind ${CACHE_SIM:+--cache-sim=yes} --callgrind-out-file="$cg" "$@" \
+  valgrind --tool=callgrind ${CACHE_SIM:+--cache-sim=yes} ${BLAME:+--dump-instr=yes} \
+    --callgrind-out-file="$cg" "$@" \
     > "$OUT/$port.log" 2>&1 &
   local vg=$!
   PIDS+=($vg)
@@ -73,15 +79,21 @@ count() {
           (v["D1mr"] + v["D1mw"]) / n, (v["ILmr"] + v["DLmr"] + v["DLmw"]) / n; exit }' "$dump"
   fi
   echo
+  if [ -n "${BLAME:-}" ] && [ "$1" = "${blame_bin:-}" ]; then
+    scripts/bench/blame.py "$dump" "$n" "$1" > "$OUT/blame.$port${path//\//_}.txt"
+    echo "  by source line: $OUT/blame.$port${path//\//_}.txt"
+  fi
   [ -n "${PROFILE:-}" ] || rm -f "$cg" "$cg".*
 }
 
 port=18390
 for bin in $BINS; do
   gateway_toml "127.0.0.1:$port" "$(cat "$OUT/issuer.txt")" 127.0.0.1:18381 > "$OUT/gw$port.toml"
+  blame_bin=$bin
   for path in /api/x /public/x; do
     count "$bin" "$port" "$path" "$bin" run --config "$OUT/gw$port.toml"
   done
+  blame_bin=
   port=$((port + 1))
 done
 [ "${ONLY:-}" != jwtgate ] || exit 0

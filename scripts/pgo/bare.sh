@@ -5,6 +5,8 @@
 #
 #   scripts/pgo/bare.sh
 #   BARE_BINS=target/pgo/bare_proxy scripts/bench/instructions.sh
+#   PGO_OUT=target/pgo-lines CARGO_PROFILE_RELEASE_DEBUG=line-tables-only scripts/pgo/bare.sh
+#       # with line tables, into a folder of its own (as in scripts/pgo/build.sh)
 #
 # 1. bare_proxy built with instrumentation in target/pgo/bare-gen;
 # 2. its one workload as training: the carried mode behind nginx's `return 200` upstream,
@@ -17,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/bench/configs.sh
 install_missing wrk nginx
-OUT=target/pgo
+OUT=${PGO_OUT:-target/pgo}
 mkdir -p "$OUT"
 
 . scripts/pgo/common.sh

@@ -4,6 +4,10 @@
 #
 #   scripts/pgo/build.sh
 #   LLVM_PROFDATA=/path/to/llvm-profdata scripts/pgo/build.sh
+#   PGO_OUT=target/pgo-lines CARGO_PROFILE_RELEASE_DEBUG=line-tables-only scripts/pgo/build.sh
+#       # the same build with line tables, into a folder of its own (a relative path): both
+#       # builds and the training get the setting, so the profile fits the build it is used
+#       # on, and callgrind or perf can put its instructions under source files and lines
 #
 # 1. jwtgate built with instrumentation (-Cprofile-generate) in target/pgo/gen;
 # 2. the training run, examples/pgo_train.rs, against that binary: two gateways, a fixed mix
@@ -15,7 +19,7 @@
 # llvm-profdata and the shared steps: scripts/pgo/common.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-OUT=target/pgo
+OUT=${PGO_OUT:-target/pgo}
 mkdir -p "$OUT"
 
 . scripts/pgo/common.sh
