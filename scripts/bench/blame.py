@@ -51,10 +51,10 @@ last = [0, 0]
 
 def position(tokens):
     for i, t in enumerate(tokens[:2]):
-        if t == '*':
-            continue
-        value = int(t[1:], 0) if t[0] in '+-' else int(t, 0)
-        last[i] = last[i] + (value if t[0] == '+' else -value) if t[0] in '+-' else value
+        if t[0] in '+-':
+            last[i] += int(t, 0)
+        elif t != '*':
+            last[i] = int(t, 0)
     return last[0]
 
 
@@ -116,6 +116,10 @@ def our_line(address):
             return where[len(root) + 1:].split(' ')[0]
     return None
 
+
+if not any(our_line(a) for a in own):
+    sys.exit(f'no instruction of {binary} has a line in {src}: is it built with line tables '
+             '(CARGO_PROFILE_RELEASE_DEBUG=line-tables-only) from this checkout?')
 
 # A function with any instruction of ours is counted by its own instructions, not as a call.
 ours = {fn_of[a] for a in own if our_line(a)}

@@ -79,7 +79,8 @@ count() {
           (v["D1mr"] + v["D1mw"]) / n, (v["ILmr"] + v["DLmr"] + v["DLmw"]) / n; exit }' "$dump"
   fi
   echo
-  if [ -n "${BLAME:-}" ] && [ "$1" = "${blame_bin:-}" ]; then
+  # Only the gateways (BINS) have lines of src/ to charge.
+  if [ -n "${BLAME:-}" ] && [[ " $BINS " == *" $1 "* ]]; then
     scripts/bench/blame.py "$dump" "$n" "$1" > "$OUT/blame.$port${path//\//_}.txt"
     echo "  by source line: $OUT/blame.$port${path//\//_}.txt"
   fi
@@ -89,11 +90,9 @@ count() {
 port=18390
 for bin in $BINS; do
   gateway_toml "127.0.0.1:$port" "$(cat "$OUT/issuer.txt")" 127.0.0.1:18381 > "$OUT/gw$port.toml"
-  blame_bin=$bin
   for path in /api/x /public/x; do
     count "$bin" "$port" "$path" "$bin" run --config "$OUT/gw$port.toml"
   done
-  blame_bin=
   port=$((port + 1))
 done
 [ "${ONLY:-}" != jwtgate ] || exit 0

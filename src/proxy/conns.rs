@@ -273,7 +273,7 @@ pub struct Affinity(Mutex<Option<Parked>>);
 impl Affinity {
     fn take(&self, target: &Target) -> Option<Parked> {
         let mut slot = lock(&self.0);
-        if slot.as_ref().is_some_and(|p| p.target.is(target)) {
+        if slot.as_ref().is_some_and(|p| p.target == *target) {
             slot.take()
         } else {
             None
@@ -320,7 +320,7 @@ impl IdleList {
         let mut idle = lock(&self.0);
         let now = Instant::now();
         let i = idle.iter().rposition(|p| {
-            p.target.is(target) && now.duration_since(p.idle_since) < IDLE_TIMEOUT
+            p.target == *target && now.duration_since(p.idle_since) < IDLE_TIMEOUT
         })?;
         // `remove`, not `swap_remove`: the list stays oldest first, which `put` relies on to
         // evict the oldest. A shift of at most `MAX_IDLE` entries, once per new client
